@@ -1,0 +1,3 @@
+from galmet.cli import main
+
+raise SystemExit(main())

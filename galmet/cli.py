@@ -1,0 +1,67 @@
+"""The ``galmet`` command line: one subcommand per public verb of the design.
+
+Each subcommand lives in the module that does the work; that module provides
+``add_arguments(parser)`` and ``main(args) -> int``. Modules are imported only when their
+command runs, so ``galmet --help`` stays fast and a command never pulls in torch or GalSim
+unless it needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from galmet import __version__
+from galmet.errors import GalmetError
+
+# command name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("app.serve", "run the API and web page (embedded defaults: SQLite, in-process inference)"),
+    "simulate": ("training.simulate", "write a mock SDSS sample: catalog.csv, images/, truth.csv"),
+    "mock-skyserver": ("training.mock_skyserver", "serve a local stand-in for SDSS SkyServer"),
+    "catalog": ("training.catalog", "run the sample-selection query against SkyServer"),
+    "download": ("training.download", "fetch image cutouts for a catalog: concurrent, resumable"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="galmet",
+        description="Gas-phase metallicity of galaxies from SDSS gri images.",
+    )
+    parser.add_argument("--version", action="version", version=f"galmet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module_name)
+        # Arguments are added lazily below, only for the chosen command.
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    # First pass finds the command; the second parses its own arguments.
+    known, _ = parser.parse_known_args(argv)
+    if not getattr(known, "command", None):
+        parser.print_help()
+        return 2
+    module = importlib.import_module(known._module)
+    sub = argparse.ArgumentParser(
+        prog=f"galmet {known.command}", description=COMMANDS[known.command][1]
+    )
+    module.add_arguments(sub)
+    args = sub.parse_args(argv[argv.index(known.command) + 1 :])
+    try:
+        return int(module.main(args) or 0)
+    except GalmetError as exc:
+        print(f"galmet: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("galmet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
