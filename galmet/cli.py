@@ -17,7 +17,10 @@ from galmet.errors import GalmetError
 
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("app.serve", "run the API and web page (embedded defaults: SQLite, in-process inference)"),
+    "serve": (
+        "app.serve",
+        "run the API and web page (embedded defaults: SQLite, in-process inference)",
+    ),
     "simulate": ("training.simulate", "write a mock SDSS sample: catalog.csv, images/, truth.csv"),
     "mock-skyserver": ("training.mock_skyserver", "serve a local stand-in for SDSS SkyServer"),
     "catalog": ("training.catalog", "run the sample-selection query against SkyServer"),

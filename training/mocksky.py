@@ -46,7 +46,6 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import asdict, dataclass, fields
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -61,8 +60,16 @@ CATALOG_COLUMNS: list[str] = (
     + [f"modelMagErr_{b}" for b in BANDS]
     + [f"petroMag_{b}" for b in BANDS]
     + [f"petroMagErr_{b}" for b in BANDS]
-    + ["petroR50_r", "petroR90_r", "oh_p16", "oh_p50", "oh_p84", "lgm_tot_p50", "sfr_tot_p50",
-       "bptclass"]
+    + [
+        "petroR50_r",
+        "petroR90_r",
+        "oh_p16",
+        "oh_p50",
+        "oh_p84",
+        "lgm_tot_p50",
+        "sfr_tot_p50",
+        "bptclass",
+    ]
 )
 
 #: The mock imaging footprint: ra_min, ra_max, dec_min, dec_max in degrees.
@@ -139,8 +146,13 @@ def _mag(flux: np.ndarray) -> np.ndarray:
 def _colours(gr: np.ndarray) -> dict[str, np.ndarray]:
     """Colour offsets of each band from r for a stellar population of colour g - r."""
     ri = 0.12 + 0.35 * gr
-    return {"u": gr + 0.75 + 1.3 * gr, "g": gr, "r": 0.0 * gr, "i": -ri,
-            "z": -ri - (0.02 + 0.3 * gr)}
+    return {
+        "u": gr + 0.75 + 1.3 * gr,
+        "g": gr,
+        "r": 0.0 * gr,
+        "i": -ri,
+        "z": -ri - (0.02 + 0.3 * gr),
+    }
 
 
 def _inverse_cdf_sampler(x: np.ndarray, pdf: np.ndarray):
@@ -177,15 +189,22 @@ class MockSky:
         """The mock sky that ``galmet simulate`` wrote to ``path`` (read from mock.json)."""
         meta = json.loads((Path(path) / "mock.json").read_text())
         known = {f.name for f in fields(MockSkyConfig)}
-        config = {k: tuple(v) if isinstance(v, list) else v
-                  for k, v in meta.get("config", {}).items() if k in known}
+        config = {
+            k: tuple(v) if isinstance(v, list) else v
+            for k, v in meta.get("config", {}).items()
+            if k in known
+        }
         return cls(meta["n"], meta["seed"], MockSkyConfig(**config))
 
     def metadata(self) -> dict:
         """What reproduces this sky (n, seed, config) and its oracle floor."""
-        return {"n": self.n, "seed": self.seed, "config": asdict(self.config),
-                "oracle_floor_rmse": self.oracle_floor(),
-                "oracle_floor_expected": self.expected_oracle_floor()}
+        return {
+            "n": self.n,
+            "seed": self.seed,
+            "config": asdict(self.config),
+            "oracle_floor_rmse": self.oracle_floor(),
+            "oracle_floor_expected": self.expected_oracle_floor(),
+        }
 
     # ----------------------------------------------------------------- population
     def _draw_population(self) -> Table:
@@ -197,8 +216,11 @@ class MockSky:
         mu = 10.0 ** (mgrid - 10.66)  # Baldry et al. (2012) double Schechter, per dex
         phi = np.exp(-mu) * (3.96e-3 * mu ** (-0.35 + 1) + 0.79e-3 * mu ** (-1.47 + 1))
         draw_logm = _inverse_cdf_sampler(mgrid, phi)
-        self._dist = (zgrid, COSMOLOGY.distmod(zgrid).value,
-                      COSMOLOGY.angular_diameter_distance(zgrid).value * 1e3)  # kpc
+        self._dist = (
+            zgrid,
+            COSMOLOGY.distmod(zgrid).value,
+            COSMOLOGY.angular_diameter_distance(zgrid).value * 1e3,
+        )  # kpc
 
         chunks, n_in_sample = [], 0
         while n_in_sample < self.n:
@@ -233,8 +255,9 @@ class MockSky:
         logsfr += quenched * rng.normal(0, 0.3, n)
         dsfr = logsfr - sfms(x)
 
-        bt = np.where(quenched, rng.normal(0.6, 0.15, n),
-                      mean_bulge_fraction(x) + rng.normal(0, 0.1, n))
+        bt = np.where(
+            quenched, rng.normal(0.6, 0.15, n), mean_bulge_fraction(x) + rng.normal(0, 0.1, n)
+        )
         bt = np.clip(bt, 0.0, np.where(quenched, 1.0, 0.8))
         bt_offset = np.where(quenched, 0.0, bt - mean_bulge_fraction(x))
         n_bulge = np.round(2 * np.clip(2 + (x - 9.5) + rng.normal(0, 0.3, n), 1.5, 4.5)) / 2
@@ -294,8 +317,12 @@ class MockSky:
         out["petroR90_r"] = out["petroR50_r"] * concentration * 10 ** rng.normal(0, 0.03, n)
 
         # Metallicity: what the image can show, then what it cannot, then the measurement.
-        oh_mean = (tremonti_mmr(x) + cfg.fmr_slope * dsfr + cfg.size_slope * dlog_size
-                   + cfg.bulge_slope * bt_offset)
+        oh_mean = (
+            tremonti_mmr(x)
+            + cfg.fmr_slope * dsfr
+            + cfg.size_slope * dlog_size
+            + cfg.bulge_slope * bt_offset
+        )
         oh_true = oh_mean + rng.normal(0, cfg.oh_hidden_scatter, n)
         faintness = np.clip((out["petroMag_r"] - 14.5) / (cfg.r_limit - 14.5), 0, 1)
         oh_err = cfg.oh_error_bright + (cfg.oh_error_faint - cfg.oh_error_bright) * faintness
@@ -317,16 +344,33 @@ class MockSky:
         zerr = 10 ** rng.normal(-4.6, 0.3, n)
         bad_z = rng.random(n) < 0.01
         out["zErr"] = np.where(bad_z, rng.choice([-1.0, 0.0, 0.02], n), zerr)
-        out["rChi2"] = np.where(rng.random(n) < 0.02, rng.uniform(2.0, 5.0, n),
-                                rng.uniform(0.7, 1.6, n))
+        out["rChi2"] = np.where(
+            rng.random(n) < 0.02, rng.uniform(2.0, 5.0, n), rng.uniform(0.7, 1.6, n)
+        )
 
         latents = {
-            "logm": x, "logsfr": logsfr, "dsfr": dsfr, "quenched": quenched, "bt": bt,
-            "bt_offset": bt_offset, "n_bulge": n_bulge, "dlog_size": dlog_size,
-            "re_disk_kpc": re_disk_kpc, "re_bulge_kpc": re_bulge_kpc, "re_disk": re_disk,
-            "re_bulge": re_bulge, "cos_i": cos_i, "q_disk": q_disk, "q_bulge": q_bulge,
-            "pa": pa, "gr_disk": gr_disk, "gr_bulge": gr_bulge, "a_r": a_r,
-            "oh_mean": oh_mean, "oh": oh_true, "oh_err": oh_err,
+            "logm": x,
+            "logsfr": logsfr,
+            "dsfr": dsfr,
+            "quenched": quenched,
+            "bt": bt,
+            "bt_offset": bt_offset,
+            "n_bulge": n_bulge,
+            "dlog_size": dlog_size,
+            "re_disk_kpc": re_disk_kpc,
+            "re_bulge_kpc": re_bulge_kpc,
+            "re_disk": re_disk,
+            "re_bulge": re_bulge,
+            "cos_i": cos_i,
+            "q_disk": q_disk,
+            "q_bulge": q_bulge,
+            "pa": pa,
+            "gr_disk": gr_disk,
+            "gr_bulge": gr_bulge,
+            "a_r": a_r,
+            "oh_mean": oh_mean,
+            "oh": oh_true,
+            "oh_err": oh_err,
         }
         out.update({f"true_{k}": v for k, v in latents.items()})
         keep = out["petroMag_r"] < cfg.r_limit
@@ -358,14 +402,14 @@ class MockSky:
         ra0, ra1, dec0, dec1 = FOOTPRINT
         return bool(ra0 <= ra % 360.0 <= ra1 and dec0 <= dec <= dec1)
 
-    def render(self, ra: float, dec: float, scale: float = 0.296, width: int = 128,
-               height: int = 128) -> np.ndarray:
+    def render(
+        self, ra: float, dec: float, scale: float = 0.296, width: int = 128, height: int = 128
+    ) -> np.ndarray:
         """RGB uint8 array (height, width, 3) of the sky centred on (ra, dec) [deg].
 
         North is up and east is left, as in SDSS cutouts; ``scale`` is arcsec per pixel.
         """
         import galsim  # imported here so that reading catalogs does not need GalSim
-
         from astropy.visualization import make_lupton_rgb
 
         cfg = self.config
@@ -382,12 +426,14 @@ class MockSky:
 
         def visible(pos: galsim.PositionD, extent_arcsec: float) -> bool:
             margin = (extent_arcsec + 2 * cfg.psf_fwhm) / scale
-            return (-margin <= pos.x <= width + 1 + margin
-                    and -margin <= pos.y <= height + 1 + margin)
+            return (
+                -margin <= pos.x <= width + 1 + margin and -margin <= pos.y <= height + 1 + margin
+            )
 
         def add(profile, pos: galsim.PositionD, fluxes: dict[str, float]) -> None:
             stamp = galsim.Convolve(profile, psf, gsparams=gsparams).drawImage(
-                scale=scale, center=pos)
+                scale=scale, center=pos
+            )
             overlap = stamp.bounds & bands["r"].bounds
             if overlap.isDefined():
                 for b, f in fluxes.items():
@@ -399,14 +445,21 @@ class MockSky:
                 continue
             beta = row["true_pa"] * galsim.degrees
             if row["true_bt"] > 0:
-                bulge = galsim.Sersic(n=row["true_n_bulge"],
-                                      half_light_radius=max(row["true_re_bulge"], 0.05))
-                add(bulge.shear(q=row["true_q_bulge"], beta=beta), pos,
-                    {b: row[f"true_flux_bulge_{b}"] for b in "gri"})
+                bulge = galsim.Sersic(
+                    n=row["true_n_bulge"], half_light_radius=max(row["true_re_bulge"], 0.05)
+                )
+                add(
+                    bulge.shear(q=row["true_q_bulge"], beta=beta),
+                    pos,
+                    {b: row[f"true_flux_bulge_{b}"] for b in "gri"},
+                )
             if row["true_bt"] < 1:
                 disk = galsim.Exponential(half_light_radius=max(row["true_re_disk"], 0.05))
-                add(disk.shear(q=row["true_q_disk"], beta=beta), pos,
-                    {b: row[f"true_flux_disk_{b}"] for b in "gri"})
+                add(
+                    disk.shear(q=row["true_q_disk"], beta=beta),
+                    pos,
+                    {b: row[f"true_flux_disk_{b}"] for b in "gri"},
+                )
         if half_deg < 0.5:  # field objects only where a cutout could show them
             for kind, f_ra, f_dec, size, n_sersic, fluxes in self._field_objects(ra, dec, half_deg):
                 pos = place(f_ra, f_dec)
@@ -418,21 +471,36 @@ class MockSky:
                     add(galsim.Sersic(n=n_sersic, half_light_radius=size), pos, fluxes)
 
         noise_rng = np.random.default_rng(
-            [self.seed, 2, int(round((ra % 360) * 1e6)), int(round((dec + 90) * 1e6)),
-             width, height, int(round(scale * 1e4))])
+            [
+                self.seed,
+                2,
+                int(round((ra % 360) * 1e6)),
+                int(round((dec + 90) * 1e6)),
+                width,
+                height,
+                int(round(scale * 1e4)),
+            ]
+        )
         arrays = {}
         for (b, img), sigma in zip(bands.items(), cfg.sky_noise_nmgy, strict=True):
             noise = sigma * scale / NATIVE_SCALE
             # GalSim's row 0 is the bottom of the sky; images put north at the top.
             arrays[b] = np.flipud(img.array) + noise_rng.normal(0, noise, img.array.shape)
         wg, wr, wi = cfg.band_weights
-        rgb = make_lupton_rgb(wi * arrays["i"], wr * arrays["r"], wg * arrays["g"], minimum=0,
-                              stretch=cfg.lupton_stretch, Q=cfg.lupton_q)
+        rgb = make_lupton_rgb(
+            wi * arrays["i"],
+            wr * arrays["r"],
+            wg * arrays["g"],
+            minimum=0,
+            stretch=cfg.lupton_stretch,
+            Q=cfg.lupton_q,
+        )
         rgb[~self._footprint_mask(ra, dec, scale, width, height)] = 0
         return rgb
 
-    def cutout_jpeg(self, ra: float, dec: float, scale: float = 0.296, width: int = 128,
-                    height: int = 128) -> bytes:
+    def cutout_jpeg(
+        self, ra: float, dec: float, scale: float = 0.296, width: int = 128, height: int = 128
+    ) -> bytes:
         """``render`` encoded as JPEG, as SkyServer's getjpeg returns it."""
         return encode_jpeg(self.render(ra, dec, scale, width, height), self.config.jpeg_quality)
 
@@ -443,8 +511,9 @@ class MockSky:
         dra = ((pop_ra - ra + 180) % 360 - 180) * np.cos(np.radians(dec))
         return self.population[idx[np.abs(dra) <= radius_deg]]
 
-    def _footprint_mask(self, ra: float, dec: float, scale: float, width: int,
-                        height: int) -> np.ndarray:
+    def _footprint_mask(
+        self, ra: float, dec: float, scale: float, width: int, height: int
+    ) -> np.ndarray:
         ra0, ra1, dec0, dec1 = FOOTPRINT
         y = (height - 1) / 2 - np.arange(height)  # row 0 is north
         x = np.arange(width) - (width - 1) / 2
@@ -465,8 +534,10 @@ class MockSky:
             i1 = int(np.floor((ra + ra_half) * cos_dec / cell))
             for i in range(i0, i1 + 1):
                 rng = np.random.default_rng([self.seed, 3, i + 10**7, j + 10**7])
-                for kind, density in (("galaxy", self.config.field_galaxies_per_deg2),
-                                      ("star", self.config.field_stars_per_deg2)):
+                for kind, density in (
+                    ("galaxy", self.config.field_galaxies_per_deg2),
+                    ("star", self.config.field_stars_per_deg2),
+                ):
                     for _ in range(rng.poisson(density * area)):
                         f_ra = (i + rng.random()) * cell / cos_dec
                         f_dec = (j + rng.random()) * cell
@@ -484,6 +555,7 @@ class MockSky:
 
 def sample_cuts(pop: Table | dict, with_mass: bool = False) -> np.ndarray:
     """The paper's sample selection (DESIGN.md) as a boolean mask over rows."""
+
     def col(name: str) -> np.ndarray:
         return np.asarray(pop[name], dtype=float)
 

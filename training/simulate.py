@@ -30,8 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--size", type=int, default=128, help="image size in pixels (128)")
     parser.add_argument("--scale", type=float, default=0.296, help="arcsec per pixel (0.296)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="processes rendering images (default: all cores)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes rendering images (default: all cores)",
+    )
     parser.add_argument("--no-images", action="store_true", help="write the tables only")
 
 
@@ -48,9 +52,16 @@ def _render_chunk(args: tuple[list[int], Path, float, int]) -> int:
     return len(rows)
 
 
-def simulate(n: int, out: Path, seed: int = 0, size: int = 128, scale: float = 0.296,
-             workers: int = 1, images: bool = True,
-             config: MockSkyConfig | None = None) -> MockSky:
+def simulate(
+    n: int,
+    out: Path,
+    seed: int = 0,
+    size: int = 128,
+    scale: float = 0.296,
+    workers: int = 1,
+    images: bool = True,
+    config: MockSkyConfig | None = None,
+) -> MockSky:
     """Build the mock sky and write catalog, truth, metadata and (optionally) images."""
     global _SKY
     if n < 1:
@@ -85,10 +96,19 @@ def simulate(n: int, out: Path, seed: int = 0, size: int = 128, scale: float = 0
 
 def main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    sky = simulate(args.n, args.out, args.seed, args.size, args.scale, max(1, args.workers),
-                   images=not args.no_images)
+    sky = simulate(
+        args.n,
+        args.out,
+        args.seed,
+        args.size,
+        args.scale,
+        max(1, args.workers),
+        images=not args.no_images,
+    )
     meta = sky.metadata()
-    print(f"wrote {sky.n} galaxies to {args.out} in {time.perf_counter() - start:.1f} s; "
-          f"oracle floor RMSE {meta['oracle_floor_rmse']:.4f} dex "
-          f"(expected {meta['oracle_floor_expected']:.4f})")
+    print(
+        f"wrote {sky.n} galaxies to {args.out} in {time.perf_counter() - start:.1f} s; "
+        f"oracle floor RMSE {meta['oracle_floor_rmse']:.4f} dex "
+        f"(expected {meta['oracle_floor_expected']:.4f})"
+    )
     return 0
