@@ -1,0 +1,41 @@
+"""The command line: every verb answers --help, and user mistakes are one line, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from galmet.cli import COMMANDS, main
+
+
+def test_top_level_help_lists_every_command(capsys):
+    assert main([]) == 2
+    out = capsys.readouterr().out
+    for name in COMMANDS:
+        assert name in out
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_each_command_has_help(name, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([name, "--help"])
+    assert exc.value.code == 0
+    assert f"galmet {name}" in capsys.readouterr().out
+
+
+def test_serve_says_it_is_not_built_yet(capsys):
+    assert main(["serve"]) == 1
+    assert "not built yet" in capsys.readouterr().err
+
+
+def test_console_script_prints_one_line_error_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "galmet", "simulate", "--n", "0", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "galmet: error: --n must be at least 1"
