@@ -36,9 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"galmet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        # No help here: the command's own parser, built in main() with its arguments, answers
+        # --help. Arguments are added there, only for the chosen command.
+        p = sub.add_parser(name, help=help_text, add_help=False)
         p.set_defaults(_module=module_name)
-        # Arguments are added lazily below, only for the chosen command.
     return parser
 
 
