@@ -50,6 +50,8 @@ def test_catalog_has_the_sdss_columns_and_only_sample_rows(big_sky):
     assert np.any(rejects["oh_p50"] == MISSING)
     assert np.any(rejects["rChi2"] >= 2)
     assert np.any((rejects["zErr"] <= 0) | (rejects["zErr"] >= 0.01))
+    assert np.any(rejects["modelMag_u"] == MISSING)
+    assert np.any(rejects["z"] <= 0.02)
     assert np.array_equal(sample_cuts(big_sky.population), big_sky.in_sample)
 
 

@@ -36,7 +36,8 @@ Relations (x = log10 M*/Msun; concordance cosmology H0 = 70, Om = 0.3):
   astropy's Lupton RGB of i, r, g -> R, G, B. Outside ``FOOTPRINT`` pixels are black.
 
 Rejects: the population also holds spectroscopic objects that fail the sample cuts
-(quenched or AGN galaxies with oh_p50 = -9999, bad redshift errors, rChi2 >= 2, faint u),
+(quenched or AGN galaxies with oh_p50 = -9999, bad redshift errors, rChi2 >= 2, z < 0.02,
+failed u-band photometry),
 so that a catalog query has something to cut. Omitted for simplicity: K-corrections,
 PSF variation between bands and fields, saturation and bleed trails.
 """
@@ -308,6 +309,10 @@ class MockSky:
             perr = 1.3 * err
             out[f"petroMagErr_{b}"] = perr
             out[f"petroMag_{b}"] = pmag + rng.normal(0, 1, n) * perr
+        # Failed u-band photometry (SDSS writes -9999): the magnitude cuts remove these.
+        bad_u = rng.random(n) < 0.005
+        out["modelMag_u"] = np.where(bad_u, MISSING, out["modelMag_u"])
+        out["modelMagErr_u"] = np.where(bad_u, MISSING, out["modelMagErr_u"])
         # Sizes as SDSS measures them (seeing-broadened, light-weighted mix of components).
         re_disk = re_disk_kpc * arcsec_per_kpc
         re_bulge = re_bulge_kpc * arcsec_per_kpc
