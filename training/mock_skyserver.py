@@ -79,17 +79,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from app.skyserver import MAX_SIZE, MIN_SIZE
 from galmet.errors import GalmetError
+from training.mocksky import BANDS
 
 #: Row limit of one SkyServer SQL query (``MaxRows`` of the public site).
 MAX_ROWS = 500_000
 #: Default cutout parameters of the real getjpeg.
 DEFAULT_SCALE = 0.396127
 DEFAULT_SIZE = 128
-MIN_SIZE, MAX_SIZE = 64, 2048
 MIN_SCALE, MAX_SCALE = 0.015, 60.0
 
-BANDS = "ugriz"
 # Population columns copied into each SkyServer table (SpecObj's bestObjID is objID).
 _PHOTO_COLUMNS = (
     ["objID", "ra", "dec"]

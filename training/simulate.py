@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from app.skyserver import MAX_SIZE, MIN_SIZE
 from galmet.errors import GalmetError
 from training.mocksky import MockSky, MockSkyConfig
 
@@ -66,8 +67,10 @@ def simulate(
     global _SKY
     if n < 1:
         raise GalmetError("--n must be at least 1")
-    if not 64 <= size <= 2048:
-        raise GalmetError("--size must be between 64 and 2048 pixels, as SkyServer allows")
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise GalmetError(
+            f"--size must be between {MIN_SIZE} and {MAX_SIZE} pixels, as SkyServer allows"
+        )
     if scale <= 0:
         raise GalmetError("--scale must be positive (arcsec per pixel)")
     out.mkdir(parents=True, exist_ok=True)
