@@ -25,6 +25,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mock-skyserver": ("training.mock_skyserver", "serve a local stand-in for SDSS SkyServer"),
     "catalog": ("training.catalog", "run the sample-selection query against SkyServer"),
     "download": ("training.download", "fetch image cutouts for a catalog: concurrent, resumable"),
+    "train": (
+        "training.train",
+        "train the ResNet-34: frozen head, then SGDR with layer-group rates",
+    ),
+    "baseline": (
+        "training.baseline",
+        "random forest on g, r, i magnitudes, same split and metrics as the CNN",
+    ),
+    "evaluate": (
+        "training.evaluate",
+        "RMSE, NMAD, outliers and figures of a model on the test split",
+    ),
+    "predict": (
+        "training.predict",
+        "predictions for image files or sky coordinates, without the server",
+    ),
 }
 
 

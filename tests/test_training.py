@@ -1,0 +1,253 @@
+"""Model, schedule, augmentation, checkpoint and a real (tiny) training run, on the CPU."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from galmet.cli import main as galmet
+from galmet.errors import GalmetError
+from training.augment import TTA_TRANSFORMS, d4, random_d4, tta_views
+from training.dataset import TargetScaler, load_data, split_indices
+from training.model import Checkpoint, GalmetNet, Predictor, build_model
+from training.preprocess import decode_image, normalise
+from training.simulate import simulate
+from training.train import (
+    GROUP_LR_RATIOS,
+    TrainConfig,
+    Trainer,
+    make_optimizer,
+    make_scheduler,
+    train,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_mock(tmp_path_factory):
+    """64 mock galaxies with 64 px images (trained at 32 px)."""
+    out = tmp_path_factory.mktemp("mock64")
+    simulate(64, out, seed=4, size=64, workers=1)
+    return out
+
+
+def tiny_checkpoint(n_out: int = 2, seed: int = 0) -> Checkpoint:
+    torch.manual_seed(seed)
+    net = GalmetNet(n_out)
+    # Non-trivial BatchNorm statistics, so that eval mode is not the identity.
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.randn(8, 3, 32, 32))
+    return Checkpoint(
+        outputs=["oh_p50", "lgm_tot_p50"][:n_out],
+        target_mean=[9.0, 10.0][:n_out],
+        target_std=[0.1, 0.5][:n_out],
+        input_size=32,
+        bands="gri",
+        model_states=[net.state_dict()],
+    )
+
+
+def test_d4_is_the_eight_symmetries_of_the_square():
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    views = [d4(x, k) for k in range(8)]
+    assert len({tuple(v.flatten().tolist()) for v in views}) == 8
+    assert torch.equal(d4(x, 1), torch.rot90(x, 1, dims=(-2, -1)))
+    assert torch.equal(d4(x, 4), torch.flip(x, dims=(-1,)))
+    # Rotating any view by 90 degrees gives another view: the set is closed.
+    for v in views:
+        assert any(torch.equal(torch.rot90(v, 1, dims=(-2, -1)), w) for w in views)
+    batch = torch.randn(32, 3, 8, 8)
+    out = random_d4(batch, torch.Generator().manual_seed(0))
+    for i in range(32):
+        assert any(torch.equal(out[i], d4(batch[i], k)) for k in range(8))
+    assert tta_views(batch, 4).shape == (128, 3, 8, 8)
+
+
+def test_tta_is_the_mean_over_transforms_and_rotation_invariant():
+    predictor = Predictor(tiny_checkpoint())
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    pred8 = predictor.predict_images(images, tta=8)
+    singles = [predictor.predict_images(d4(images, k), tta=1).mean for k in range(8)]
+    assert np.allclose(pred8.mean, np.mean(singles, axis=0), atol=1e-5)
+    assert np.allclose(pred8.spread, np.std(singles, axis=0), atol=1e-5)
+    rotated = predictor.predict_images(torch.rot90(images, 1, dims=(-2, -1)), tta=8)
+    assert np.allclose(rotated.mean, pred8.mean, atol=1e-5)
+    # Without TTA the network is not rotation invariant: the test above is not vacuous.
+    assert not np.allclose(singles[0], singles[1], atol=1e-5)
+    assert set(TTA_TRANSFORMS) == {1, 2, 4, 8}
+
+
+def test_head_has_the_papers_layers_and_dropout_rates():
+    net = GalmetNet(2)
+    kinds = [type(m).__name__ for m in net.head]
+    assert kinds == [
+        "ConcatPool",
+        "BatchNorm1d",
+        "Dropout",
+        "Linear",
+        "ReLU",
+        "BatchNorm1d",
+        "Dropout",
+        "Linear",
+    ]
+    assert [m.p for m in net.head if isinstance(m, nn.Dropout)] == [0.25, 0.5]
+    assert net.head[1].num_features == 1024 and net.head[-1].out_features == 2
+    mean, log_sigma = net.eval()(torch.randn(3, 3, 32, 32))
+    assert mean.shape == log_sigma.shape == (3, 2)
+
+
+def test_sgdr_restarts_at_cycle_boundaries_and_anneals_to_zero():
+    steps = 50  # per epoch
+    net = nn.Linear(2, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    sched = make_scheduler(opt, steps, cycle_len=1, cycle_mult=2, epochs=7)
+    lrs = []
+    for _ in range(7 * steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    lrs = np.array(lrs)
+    starts = [0, steps, 3 * steps]  # cycles of 1, 2 and 4 epochs
+    for start, length in zip(starts, [steps, 2 * steps, 4 * steps], strict=True):
+        cycle = lrs[start : start + length]
+        assert cycle[0] == pytest.approx(0.1)
+        assert np.all(np.diff(cycle) < 0), "annealed within the cycle"
+        assert cycle[-1] < 0.1 * 0.01, "anneals to about zero"
+    rises = np.flatnonzero(np.diff(lrs) > 0) + 1
+    assert rises.tolist() == starts[1:]
+
+
+def test_layer_group_rates_keep_the_ratio_through_the_schedule():
+    net = GalmetNet(1)
+    cfg = TrainConfig(data="", out="", lr=0.09)
+    lrs = [cfg.lr * r for r in GROUP_LR_RATIOS]
+    opt = make_optimizer(net.layer_groups(), lrs, cfg, torch.device("cpu"))
+    sched = make_scheduler(opt, 4, 1, 2, 3)
+    for _ in range(10):
+        opt.step()
+        sched.step()
+        g = [group["lr"] for group in opt.param_groups]
+        assert g[0] / g[2] == pytest.approx(1 / 9) and g[1] / g[2] == pytest.approx(1 / 3)
+    # The three groups cover every parameter exactly once.
+    ids = [id(p) for group in net.layer_groups() for p in group]
+    assert len(ids) == len(set(ids)) == len(list(net.parameters()))
+
+
+def test_frozen_phase_moves_the_head_only(tiny_mock):
+    data = load_data(tiny_mock, ["oh_p50"], size=32)
+    split = split_indices(len(data))
+    scaler = TargetScaler.fit(["oh_p50"], data.targets[split["train"]])
+    cfg = TrainConfig(
+        data=str(tiny_mock), out="", size=32, batch_size=8, frozen_epochs=1, cycles=1, lr=0.01
+    )
+    trainer = Trainer(cfg, data, scaler, split["train"], split["valid"], torch.device("cpu"))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    groups = trainer.model.layer_groups()
+    for p in groups[0] + groups[1]:
+        p.requires_grad_(False)
+    opt = make_optimizer([groups[2]], [cfg.lr], cfg, torch.device("cpu"))
+    trainer.run_epoch(0, opt, make_scheduler(opt, trainer.steps_per_epoch, 1, 1, 1), "frozen")
+    after = trainer.model.state_dict()
+    body = [n for n, _ in trainer.model.named_parameters() if not n.startswith(("head", "sigma"))]
+    head = [n for n, _ in trainer.model.named_parameters() if n.startswith("head")]
+    assert body and all(torch.equal(before[n], after[n]) for n in body)
+    assert any(not torch.equal(before[n], after[n]) for n in head)
+
+
+def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):
+    ck = tiny_checkpoint()
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    before = Predictor(ck).predict_images(images, tta=2)
+    ck.save(tmp_path / "m.pt")
+    loaded = Checkpoint.load(tmp_path / "m.pt")
+    after = Predictor(loaded).predict_images(images, tta=2)
+    assert np.array_equal(before.mean, after.mean) and np.array_equal(before.sigma, after.sigma)
+    assert loaded.outputs == ["oh_p50", "lgm_tot_p50"] and loaded.input_size == 32
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(GalmetError, match="not a readable checkpoint"):
+        Checkpoint.load(tmp_path / "bad.pt")
+
+
+def test_preprocessing_bands_and_conversions():
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 10, 200, 30
+    x = torch.from_numpy(rgb[None])
+    r_only = normalise(x, "r", mean=(0, 0, 0), std=(1, 1, 1))
+    assert torch.allclose(r_only, torch.full_like(r_only, 200 / 255))
+    gri = normalise(x, "gri", mean=(0, 0, 0), std=(1, 1, 1))
+    assert gri.shape == (1, 3, 4, 4) and gri[0, 0, 0, 0] == pytest.approx(10 / 255)
+    gray = decode_image(np.full((8, 8), 7, np.uint8), size=4)
+    assert gray.shape == (4, 4, 3) and gray.max() == 7
+    with pytest.raises(ValueError, match="not a readable image"):
+        decode_image(b"\xff\xd8\xff garbage")
+
+
+def test_imagenet_init_without_network_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no cached weights
+    monkeypatch.setattr(
+        "torch.hub.download_url_to_file",
+        lambda *a, **k: (_ for _ in ()).throw(OSError("network unreachable")),
+    )
+    with pytest.raises(GalmetError, match="ImageNet weights could not be had"):
+        build_model(1, "imagenet")
+
+
+def test_init_from_a_checkpoint_reuses_the_body(tmp_path):
+    ck = tiny_checkpoint(n_out=2)
+    ck.save(tmp_path / "m.pt")
+    net = build_model(1, str(tmp_path / "m.pt"))
+    src = ck.model_states[0]
+    assert torch.equal(net.state_dict()["layer4.2.conv2.weight"], src["layer4.2.conv2.weight"])
+    assert net.head[-1].out_features == 1
+
+
+def test_a_short_training_run_lowers_the_loss_and_writes_everything(tiny_mock, tmp_path):
+    out = tmp_path / "model.pt"
+    cfg = TrainConfig(
+        data=str(tiny_mock),
+        out=str(out),
+        targets=["oh_p50", "lgm_tot_p50"],
+        size=32,
+        batch_size=8,
+        lr=0.01,
+        frozen_epochs=1,
+        cycles=2,
+        tta=2,
+        seed=1,
+    )
+    ck = train(cfg)
+    history = json.loads((tmp_path / "model.pt.metrics.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert (tmp_path / "model.pt.loss.png").stat().st_size > 1000
+    loaded = Checkpoint.load(out)
+    assert loaded.outputs == ["oh_p50", "lgm_tot_p50"] and loaded.input_size == 32
+    assert loaded.sigma_scale > 0 and loaded.config["lr"] == 0.01
+    results = ck.metrics["results"]
+    assert set(results) == {"tta1", "tta2"}
+    assert np.isfinite(results["tta2"]["oh_p50"]["rmse"])
+
+
+def test_resume_goes_on_from_the_last_cycle(tiny_mock, tmp_path):
+    common = ["--data", str(tiny_mock), "--size", "32", "--batch-size", "8", "--lr", "0.01"]
+    out = str(tmp_path / "m.pt")
+    assert galmet(["train", *common, "--out", out, "--cycles", "1", "--tta", "1"]) == 0
+    # Two cycles now: the first (and the frozen epoch) are taken from m.pt.last.pt.
+    assert galmet(["train", *common, "--out", out, "--cycles", "2", "--tta", "1", "--resume"]) == 0
+    history = json.loads((tmp_path / "m.pt.metrics.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert galmet(["train", *common, "--out", out, "--size", "48", "--resume"]) == 2
+
+
+def test_train_rejects_bad_options(tiny_mock, tmp_path, capsys):
+    base = ["train", "--data", str(tiny_mock), "--out", str(tmp_path / "m.pt")]
+    assert galmet([*base, "--target", "no_such_column"]) == 2
+    assert "unknown target" in capsys.readouterr().err
+    assert galmet([*base, "--batch-size", "1"]) == 2
+    assert galmet([*base, "--device", "cuda"]) == (0 if torch.cuda.is_available() else 2)
+    assert galmet(["train", "--data", str(tmp_path / "nowhere"), "--out", "x.pt"]) == 2
