@@ -227,7 +227,9 @@ def test_a_short_training_run_lowers_the_loss_and_writes_everything(tiny_mock, t
     assert (tmp_path / "model.pt.loss.png").stat().st_size > 1000
     loaded = Checkpoint.load(out)
     assert loaded.outputs == ["oh_p50", "lgm_tot_p50"] and loaded.input_size == 32
-    assert loaded.sigma_scale > 0 and loaded.config["lr"] == 0.01
+    assert set(loaded.sigma_scale) == {1, 2, 4, 8} and min(loaded.sigma_scale.values()) > 0
+    assert loaded.config["lr"] == 0.01 and loaded.config["image_size"] == 64
+    assert loaded.config["pixel_scale"] == 0.296
     results = ck.metrics["results"]
     assert set(results) == {"tta1", "tta2"}
     assert np.isfinite(results["tta2"]["oh_p50"]["rmse"])
@@ -251,3 +253,46 @@ def test_train_rejects_bad_options(tiny_mock, tmp_path, capsys):
     assert galmet([*base, "--batch-size", "1"]) == 2
     assert galmet([*base, "--device", "cuda"]) == (0 if torch.cuda.is_available() else 2)
     assert galmet(["train", "--data", str(tmp_path / "nowhere"), "--out", "x.pt"]) == 2
+
+
+def test_one_cycle_peaks_once_at_each_groups_rate():
+    net = GalmetNet(1)
+    cfg = TrainConfig(data="", out="", lr=0.09)
+    lrs = [cfg.lr * r for r in GROUP_LR_RATIOS]
+    opt = make_optimizer(net.layer_groups(), lrs, cfg, torch.device("cpu"))
+    sched = make_scheduler(opt, 10, 1, 2, epochs=3, schedule="onecycle")
+    seen = []
+    for _ in range(30):
+        seen.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    seen = np.array(seen)
+    peak = int(np.argmax(seen[:, 2]))
+    assert 0 < peak < 29 and seen[peak, 2] == pytest.approx(0.09, rel=1e-3)
+    assert np.all(np.diff(seen[: peak + 1, 2]) >= 0) and np.all(np.diff(seen[peak:, 2]) <= 0)
+    assert np.allclose(seen[:, 0] / seen[:, 2], 1 / 9)
+
+
+def test_k_fold_ensemble_holds_k_models(tiny_mock, tmp_path):
+    out = tmp_path / "kfold.pt"
+    cfg = TrainConfig(
+        data=str(tiny_mock),
+        out=str(out),
+        size=32,
+        batch_size=8,
+        lr=0.01,
+        frozen_epochs=0,
+        cycles=1,
+        max_steps=2,
+        folds=3,
+        tta=1,
+        optimizer="adamw",
+        schedule="onecycle",
+    )
+    ck = train(cfg)
+    assert len(ck.model_states) == 3
+    assert not torch.equal(ck.model_states[0]["head.7.weight"], ck.model_states[1]["head.7.weight"])
+    pred = Predictor(Checkpoint.load(out)).predict_images(
+        torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8), tta=1
+    )
+    assert pred.mean.shape == (2, 1) and np.all(pred.spread > 0), "members disagree a little"

@@ -147,7 +147,8 @@ class Checkpoint:
 
     ``model_states`` holds one state dict, or K for a K-fold ensemble (predictions are
     averaged). ``target_mean``/``target_std`` undo the target normalisation;
-    ``sigma_scale`` calibrates sigma on the validation split.
+    ``sigma_scale`` maps a TTA level (1, 2, 4, 8) to the factor that calibrates sigma on
+    the validation split at that level (more copies add their spread to sigma).
     """
 
     outputs: list[str]
@@ -156,7 +157,7 @@ class Checkpoint:
     input_size: int
     bands: str
     model_states: list[dict[str, torch.Tensor]]
-    sigma_scale: float = 1.0
+    sigma_scale: dict[int, float] = field(default_factory=dict)
     input_mean: tuple[float, ...] = IMAGENET_MEAN
     input_std: tuple[float, ...] = IMAGENET_STD
     architecture: str = ARCHITECTURE
@@ -270,7 +271,7 @@ class Predictor:
             spread = mu.std(dim=0, unbiased=False)
             var = torch.cat(var_all).mean(dim=0) + spread**2
             means.append(mu.mean(dim=0).cpu())
-            sigmas.append((var.sqrt() * ck.sigma_scale).cpu())
+            sigmas.append((var.sqrt() * self.sigma_scale(tta)).cpu())
             spreads.append(spread.cpu())
         mean = torch.cat(means).numpy() * self._std + self._mean
         sigma = torch.cat(sigmas).numpy() * self._std
@@ -281,6 +282,13 @@ class Predictor:
         """Predictions for encoded images (JPEG/PNG), each resized to the model's input."""
         arrays = [decode_image(data, self.input_size) for data in images]
         return self.predict_images(torch.from_numpy(np.stack(arrays)), tta)
+
+    def sigma_scale(self, tta: int) -> float:
+        """Calibration factor of sigma at this TTA level (nearest calibrated level; 1 if none)."""
+        scales = self.checkpoint.sigma_scale
+        if not scales:
+            return 1.0
+        return scales[min(scales, key=lambda level: abs(level - tta))]
 
     def _bf16(self) -> bool:
         return self.device.type == "cuda"

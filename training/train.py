@@ -30,7 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from galmet.errors import GalmetError
-from training.augment import random_d4
+from training.augment import TTA_TRANSFORMS, random_d4
 from training.dataset import GalaxyData, TargetScaler, kfold_indices, load_data, split_indices
 from training.model import Checkpoint, GalmetNet, Predictor, build_model
 from training.preprocess import normalise
@@ -47,10 +47,12 @@ class TrainConfig:
     out: str
     targets: list[str] = field(default_factory=lambda: ["oh_p50"])
     size: int | None = None  # resize images to this many pixels; None keeps their size
+    pixel_scale: float | None = None  # arcsec/px of the stored images (mock.json, else 0.296)
+    image_size: int | None = None  # pixels of the stored images, before any resizing
     bands: str = "gri"
     init: str = "scratch"
     batch_size: int = 256
-    lr: float = 0.1  # of the head; the body groups get 1/9 and 1/3 of it
+    lr: float = 0.01  # of the head; the body groups get 1/9 and 1/3 (0.1 diverged on the mock)
     frozen_epochs: int = 1
     cycles: int = 3
     cycle_len: int = 1
@@ -269,11 +271,12 @@ class Trainer:
             "best": self.best,
         }
 
-    def fit(self, resume: dict | None = None, on_cycle_end=None) -> dict:
+    def fit(self, resume: dict | None = None, on_epoch_end=None) -> dict:
         """Both phases; returns the best state on validation.
 
-        ``on_cycle_end(trainer, epoch, optimizer, scheduler)`` is called at the end of the
-        frozen phase and of each SGDR cycle; ``resume`` is what ``state`` gave there.
+        ``on_epoch_end(trainer, epoch, optimizer, scheduler, cycle_end)`` is called after
+        every epoch; ``cycle_end`` is true at the end of the frozen phase and of each SGDR
+        cycle, where a run can be resumed from ``state``.
         """
         cfg = self.cfg
         groups = self.model.layer_groups()
@@ -289,13 +292,15 @@ class Trainer:
             opt = make_optimizer([groups[2]], [cfg.lr], cfg, self.device)
             n = cfg.frozen_epochs
             sched = make_scheduler(opt, self.steps_per_epoch, n, 1, n)
-            for _ in range(n):
+            for e in range(n):
                 self.run_epoch(epoch, opt, sched, "frozen")
                 epoch += 1
+                if on_epoch_end is not None and e < n - 1:
+                    on_epoch_end(self, epoch, None, None, False)
             for p in groups[0] + groups[1]:
                 p.requires_grad_(True)
-            if on_cycle_end is not None:
-                on_cycle_end(self, epoch, None, None)
+            if on_epoch_end is not None:
+                on_epoch_end(self, epoch, None, None, True)
         lrs = [cfg.lr * r for r in GROUP_LR_RATIOS]
         opt = make_optimizer(groups, lrs, cfg, self.device)
         sched = make_scheduler(
@@ -310,8 +315,8 @@ class Trainer:
         for e in range(max(0, epoch - cfg.frozen_epochs), cfg.epochs):
             self.run_epoch(epoch, opt, sched, "unfrozen")
             epoch += 1
-            if on_cycle_end is not None and e + 1 in cycle_ends:
-                on_cycle_end(self, epoch, opt, sched)
+            if on_epoch_end is not None:
+                on_epoch_end(self, epoch, opt, sched, e + 1 in cycle_ends)
         assert self.best is not None
         return self.best
 
@@ -339,6 +344,10 @@ def train(cfg: TrainConfig) -> Checkpoint:
         if changed:
             raise GalmetError(f"--resume with different {', '.join(changed)} than the saved run")
     data = load_data(Path(cfg.data), cfg.targets, cfg.size, cfg.limit)
+    # What the stored cutouts are, so that predictions fetch the same field of view.
+    cfg.image_size = stored_image_size(Path(cfg.data), data)
+    if cfg.pixel_scale is None:
+        cfg.pixel_scale = stored_pixel_scale(Path(cfg.data))
     split = split_indices(len(data), cfg.split_seed)
     if len(split["train"]) < 2 or len(split["valid"]) < 1:
         raise GalmetError(f"{len(data)} galaxies are too few to split into train/valid/test")
@@ -360,21 +369,23 @@ def train(cfg: TrainConfig) -> Checkpoint:
     history: list[dict] = saved["done_history"] if saved else []
     started = time.perf_counter()
 
-    def save_last(t: Trainer, epoch: int, opt, sched) -> None:
+    def after_epoch(t: Trainer, epoch: int, opt, sched, cycle_end: bool) -> None:
         # states and history are the lists of the folds done so far.
+        write_history(out, history + t.history)
+        if not cycle_end:
+            return
         state = t.state(epoch, opt, sched)
         state |= {"config": asdict(cfg), "members": states, "done_history": history}
         tmp = resume_path(out).with_suffix(".tmp")
         torch.save(state, tmp)
         tmp.replace(resume_path(out))
-        write_history(out, history + t.history)
 
     for fold in range(len(states), len(folds)):
         train_rows, valid_rows = folds[fold]
         trainer = Trainer(cfg, data, scaler, train_rows, valid_rows, device, fold)
 
         resume = saved if saved and saved["fold"] == fold else None
-        best = trainer.fit(resume, on_cycle_end=save_last)
+        best = trainer.fit(resume, on_epoch_end=after_epoch)
         states.append(best["state"])
         history += trainer.history
         write_history(out, history)
@@ -397,7 +408,7 @@ def train(cfg: TrainConfig) -> Checkpoint:
     )
     predictor = Predictor(ck, device)
     valid_rows = np.concatenate([v for _, v in folds])
-    ck.sigma_scale = calibrate_sigma(predictor, data, valid_rows, cfg.tta)
+    ck.sigma_scale = calibrate_sigma(predictor, data, valid_rows)
     ck.metrics = test_metrics(predictor, data, split["test"], cfg.tta)
     ck.metrics["train_seconds"] = time.perf_counter() - started
     ck.save(out)
@@ -405,12 +416,33 @@ def train(cfg: TrainConfig) -> Checkpoint:
     return ck
 
 
-def calibrate_sigma(predictor: Predictor, data: GalaxyData, rows: np.ndarray, tta: int) -> float:
-    """The factor that makes 68.3% of validation residuals fall within ±sigma."""
-    predictor.checkpoint.sigma_scale = 1.0
-    pred = predictor.predict_images(data.images[torch.from_numpy(rows)], tta)
-    ratio = np.abs(pred.mean - data.targets[rows]) / np.maximum(pred.sigma, 1e-9)
-    return float(np.quantile(ratio, 0.6827))
+def stored_image_size(data_dir: Path, data: GalaxyData) -> int:
+    """Pixel size of the image files (before ``--size`` resized them)."""
+    from PIL import Image
+
+    with Image.open(data_dir / "images" / f"{data.objid[0]}.jpg") as im:
+        return int(im.size[0])
+
+
+def stored_pixel_scale(data_dir: Path, default: float = 0.296) -> float:
+    """Arcsec per pixel of the stored cutouts: from a mock sky's mock.json, else the
+    scale galmet download uses by default."""
+    meta = data_dir / "mock.json"
+    if meta.exists():
+        return float(json.loads(meta.read_text()).get("pixel_scale", default))
+    return default
+
+
+def calibrate_sigma(predictor: Predictor, data: GalaxyData, rows: np.ndarray) -> dict[int, float]:
+    """Per TTA level, the factor that puts 68.3% of validation residuals within ±sigma."""
+    predictor.checkpoint.sigma_scale = {}
+    images = data.images[torch.from_numpy(rows)]
+    scales = {}
+    for tta in TTA_TRANSFORMS:
+        pred = predictor.predict_images(images, tta)
+        ratio = np.abs(pred.mean - data.targets[rows]) / np.maximum(pred.sigma, 1e-9)
+        scales[tta] = float(np.quantile(ratio, 0.6827))
+    return scales
 
 
 def test_metrics(predictor: Predictor, data: GalaxyData, rows: np.ndarray, tta: int) -> dict:
@@ -447,6 +479,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--out", required=True, help="checkpoint file to write, e.g. models/oh.pt")
     a("--target", action="append", dest="targets", help="catalog column (repeatable; oh_p50)")
     a("--size", type=int, help="resize images to this many pixels (default: as stored)")
+    a("--pixel-scale", type=float, help="arcsec/px of the images (mock.json, else 0.296)")
     a("--bands", choices=["gri", "r"], default=d.bands, help="gri colour, or r band only")
     a("--init", default=d.init, help="scratch, imagenet or PATH to weights (default scratch)")
     a("--batch-size", type=int, default=d.batch_size)
