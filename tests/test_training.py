@@ -235,15 +235,31 @@ def test_a_short_training_run_lowers_the_loss_and_writes_everything(tiny_mock, t
     assert np.isfinite(results["tta2"]["oh_p50"]["rmse"])
 
 
-def test_resume_goes_on_from_the_last_cycle(tiny_mock, tmp_path):
+def test_interrupted_run_leaves_a_model_and_resumes(tiny_mock, tmp_path, monkeypatch):
     common = ["--data", str(tiny_mock), "--size", "32", "--batch-size", "8", "--lr", "0.01"]
-    out = str(tmp_path / "m.pt")
-    assert galmet(["train", *common, "--out", out, "--cycles", "1", "--tta", "1"]) == 0
-    # Two cycles now: the first (and the frozen epoch) are taken from m.pt.last.pt.
-    assert galmet(["train", *common, "--out", out, "--cycles", "2", "--tta", "1", "--resume"]) == 0
+    out = tmp_path / "m.pt"
+    args = ["train", *common, "--out", str(out), "--cycles", "2", "--tta", "1"]
+    real_run_epoch = Trainer.run_epoch
+
+    def killed_in_epoch_3(self, epoch, *a, **k):
+        if epoch == 2:  # after the frozen epoch and the first (1-epoch) cycle
+            raise KeyboardInterrupt
+        return real_run_epoch(self, epoch, *a, **k)
+
+    monkeypatch.setattr(Trainer, "run_epoch", killed_in_epoch_3)
+    assert galmet(args) == 130
+    # The model written at the last cycle end is usable on its own.
+    partial = Checkpoint.load(out)
+    assert len(partial.history) == 2 and partial.sigma_scale == {}
+    assert Predictor(partial).predict_images(
+        torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+    ).mean.shape == (1, 1)
+    monkeypatch.setattr(Trainer, "run_epoch", real_run_epoch)
+    assert galmet([*args, "--resume"]) == 0
     history = json.loads((tmp_path / "m.pt.metrics.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
-    assert galmet(["train", *common, "--out", out, "--size", "48", "--resume"]) == 2
+    assert set(Checkpoint.load(out).sigma_scale) == {1, 2, 4, 8}
+    assert galmet([*args, "--size", "48", "--resume"]) == 2
 
 
 def test_train_rejects_bad_options(tiny_mock, tmp_path, capsys):

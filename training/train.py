@@ -369,11 +369,30 @@ def train(cfg: TrainConfig) -> Checkpoint:
     history: list[dict] = saved["done_history"] if saved else []
     started = time.perf_counter()
 
+    def make_checkpoint(members: list[dict], hist: list[dict]) -> Checkpoint:
+        return Checkpoint(
+            outputs=list(cfg.targets),
+            target_mean=scaler.mean.tolist(),
+            target_std=scaler.std.tolist(),
+            input_size=size,
+            bands=cfg.bands,
+            model_states=members,
+            config=asdict(cfg),
+            split_seed=cfg.split_seed,
+            data=str(cfg.data),
+            history=hist,
+        )
+
     def after_epoch(t: Trainer, epoch: int, opt, sched, cycle_end: bool) -> None:
         # states and history are the lists of the folds done so far.
         write_history(out, history + t.history)
         if not cycle_end:
             return
+        # A usable model at every cycle end (best epoch so far, sigma not yet calibrated),
+        # replaced by the calibrated one when training ends.
+        assert t.best is not None
+        make_checkpoint(states + [t.best["state"]], history + t.history).save(out)
+        plot_history(out, history + t.history)
         state = t.state(epoch, opt, sched)
         state |= {"config": asdict(cfg), "members": states, "done_history": history}
         tmp = resume_path(out).with_suffix(".tmp")
@@ -394,18 +413,7 @@ def train(cfg: TrainConfig) -> Checkpoint:
             + ", ".join(f"{k} {v:.4f}" for k, v in trainer.history[-1]["valid_rmse"].items())
         )
 
-    ck = Checkpoint(
-        outputs=list(cfg.targets),
-        target_mean=scaler.mean.tolist(),
-        target_std=scaler.std.tolist(),
-        input_size=size,
-        bands=cfg.bands,
-        model_states=states,
-        config=asdict(cfg),
-        split_seed=cfg.split_seed,
-        data=str(cfg.data),
-        history=history,
-    )
+    ck = make_checkpoint(states, history)
     predictor = Predictor(ck, device)
     valid_rows = np.concatenate([v for _, v in folds])
     ck.sigma_scale = calibrate_sigma(predictor, data, valid_rows)
