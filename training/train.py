@@ -210,6 +210,7 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            last_lr = optimizer.param_groups[-1]["lr"]  # before a restart resets it
             scheduler.step()
             total += rmse.detach()
             # Reading the loss back synchronises the GPU: only now and then.
@@ -224,7 +225,7 @@ class Trainer:
             "train_loss": total.item() / self.steps_per_epoch,
             "valid_loss": valid["loss"],
             "valid_rmse": valid["rmse"],
-            "lr": optimizer.param_groups[-1]["lr"],
+            "lr": last_lr,  # of the head, at the epoch's last batch
             "seconds": seconds,
             "images_per_second": self.steps_per_epoch * bs / seconds,
         }
