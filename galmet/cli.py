@@ -41,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "training.predict",
         "predictions for image files or sky coordinates, without the server",
     ),
+    "db": ("app.dbcli", "database migrations: galmet db upgrade applies them all"),
 }
 
 

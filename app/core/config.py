@@ -1,0 +1,60 @@
+"""The service's one settings object, read from ``GALMET_*`` environment variables.
+
+Embedded defaults need nothing installed or running: a SQLite file in the user data
+directory, in-process inference, the real SDSS DR17 SkyServer, and (with no ``GALMET_MODEL``)
+a small demo model trained once on the mock sky and cached.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from platformdirs import user_cache_dir, user_data_dir
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.skyserver import DEFAULT_SKYSERVER_URL
+
+
+def default_database_url() -> str:
+    path = Path(user_data_dir("galmet")) / "galmet.sqlite3"
+    return f"sqlite:///{path}"
+
+
+class Settings(BaseSettings):
+    """Service settings; each field is ``GALMET_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="GALMET_", extra="ignore")
+
+    database_url: str = Field(default_factory=default_database_url)
+    broker_url: str | None = None  # unset: inference runs in-process
+    skyserver_url: str = DEFAULT_SKYSERVER_URL
+    skyserver_timeout: float = 30.0  # seconds per attempt
+    skyserver_retries: int = 3  # after the first attempt, with backoff
+    model: Path | None = None  # checkpoint; unset: the mock-sky demo model
+    device: str = "auto"
+    tta: int | None = None  # 1, 2, 4 or 8; unset: 8 on a GPU, TTA_CPU on the CPU
+    max_upload_bytes: int = 5_000_000
+    max_job_targets: int = 100_000
+    # Micro-batching of the inference engine.
+    batch_size: int = 64
+    batch_wait_ms: float = 5.0
+    # The demo model, built when no model is configured (tests shrink it).
+    cache_dir: Path = Field(default_factory=lambda: Path(user_cache_dir("galmet")))
+    demo_galaxies: int = 1500
+    demo_size: int = 48
+    demo_epochs: int = 4
+
+    @field_validator("tta")
+    @classmethod
+    def _tta(cls, value: int | None) -> int | None:
+        if value is not None and value not in (1, 2, 4, 8):
+            raise ValueError("GALMET_TTA must be 1, 2, 4 or 8")
+        return value
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The settings of this process (read once)."""
+    return Settings()
