@@ -28,9 +28,16 @@ def test_each_command_has_help(name, capsys):
     assert len([line for line in out.splitlines() if line.strip().startswith("--")]) >= 2
 
 
-def test_serve_says_it_is_not_built_yet(capsys):
-    assert main(["serve"]) == 1
-    assert "not built yet" in capsys.readouterr().err
+def test_serve_refuses_bad_settings_in_one_line(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("GALMET_TTA", "3")
+    assert main(["serve"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "galmet: error: bad GALMET_TTA: Value error, GALMET_TTA must be 1, 2, 4 or 8"
+    )
+    monkeypatch.delenv("GALMET_TTA")
+    monkeypatch.setenv("GALMET_MODEL", str(tmp_path / "missing.pt"))
+    assert main(["serve"]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_console_script_prints_one_line_error_without_traceback(tmp_path):

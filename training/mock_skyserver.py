@@ -483,18 +483,24 @@ def _bind(host: str, port: int) -> socket.socket:
 
 @contextlib.contextmanager
 def serve_in_thread(
-    app: Any, host: str = "127.0.0.1", port: int = 0, release: str = "dr17"
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    release: str = "dr17",
+    lifespan: str = "off",
 ) -> Iterator[str]:
     """Serve ``app`` with uvicorn in a background thread; yield its SkyServer base URL.
 
     The URL includes the release, like the real one (``http://127.0.0.1:54321/dr17``), so
-    it can be handed to ``SkyServerClient(base_url)`` as is. ``port=0`` picks a free port.
-    The server is stopped on exit; requests still hanging are cut after a second.
+    it can be handed to ``SkyServerClient(base_url)`` as is; ``release=""`` gives the bare
+    address (for serving other apps, e.g. galmet's own, with ``lifespan="on"``).
+    ``port=0`` picks a free port. The server is stopped on exit; requests still hanging
+    are cut after a second.
     """
     sock = _bind(host, port)
     bound_port = sock.getsockname()[1]
     config = uvicorn.Config(
-        app, log_level="warning", lifespan="off", access_log=False, timeout_graceful_shutdown=1
+        app, log_level="warning", lifespan=lifespan, access_log=False, timeout_graceful_shutdown=1
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(
@@ -505,13 +511,13 @@ def serve_in_thread(
     )
     thread.start()
     try:
-        for _ in range(1000):
+        for _ in range(6000):  # an app's lifespan may load a model first
             if server.started or not thread.is_alive():
                 break
             threading.Event().wait(0.01)
         if not server.started:
             raise RuntimeError("mock SkyServer did not start")
-        yield f"http://{host}:{bound_port}/{release}"
+        yield f"http://{host}:{bound_port}" + (f"/{release}" if release else "")
     finally:
         server.should_exit = True
         thread.join(timeout=10)

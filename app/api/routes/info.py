@@ -1,0 +1,32 @@
+"""The loaded model, liveness and readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from app.api.deps import ServiceDep
+from app.schemas import HealthOut, ModelOut, ReadyOut
+
+router = APIRouter(tags=["service"])
+
+
+@router.get("/models", response_model=ModelOut)
+async def models(service: ServiceDep) -> ModelOut:
+    """The loaded model: name, version (checkpoint SHA-256), training data, test metrics."""
+    return service.model_out()
+
+
+@router.get("/healthz", response_model=HealthOut)
+async def healthz() -> HealthOut:
+    """Liveness: the process answers."""
+    return HealthOut(status="ok")
+
+
+@router.get("/readyz", response_model=ReadyOut, responses={503: {"model": ReadyOut}})
+async def readyz(service: ServiceDep) -> JSONResponse:
+    """Readiness: the model is loaded and the database answers (503 otherwise)."""
+    checks = await service.readiness()
+    ready = all(v == "ok" or v.startswith("not used") for v in checks.values())
+    body = ReadyOut(ready=ready, checks=checks).model_dump()
+    return JSONResponse(body, status_code=200 if ready else 503)

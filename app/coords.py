@@ -1,0 +1,46 @@
+"""Sky coordinates from what people type: decimal degrees or sexagesimal strings.
+
+Parsing is astropy's (``Angle``); RA given as ``hh:mm:ss`` or with an ``h`` is in hours.
+Every failure is a ``ValueError`` with a one-line reason, which the API returns as a 422.
+"""
+
+from __future__ import annotations
+
+import math
+
+import astropy.units as u
+from astropy.coordinates import Angle
+
+
+def _angle(value: float | int | str, name: str, hours: bool) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number or an angle string")
+    if isinstance(value, int | float):
+        degrees = float(value)
+    else:
+        text = value.strip()
+        if not text:
+            raise ValueError(f"{name} is empty")
+        try:
+            degrees = float(text)
+        except ValueError:
+            sexagesimal = ":" in text or " " in text
+            unit = u.hourangle if hours and (sexagesimal or "h" in text) else u.deg
+            try:
+                degrees = Angle(text, unit=unit).degree
+            except Exception:  # astropy raises several types for unparsable angles
+                raise ValueError(f"cannot read {name} {value!r} as an angle") from None
+    if not math.isfinite(degrees):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(degrees)
+
+
+def parse_coordinates(ra: float | int | str, dec: float | int | str) -> tuple[float, float]:
+    """(ra, dec) in decimal degrees, checked: RA in [0, 360), Dec in [-90, 90]."""
+    ra_deg = _angle(ra, "ra", hours=True)
+    dec_deg = _angle(dec, "dec", hours=False)
+    if not 0.0 <= ra_deg < 360.0:
+        raise ValueError(f"ra must be in [0, 360) degrees, got {ra_deg:g}")
+    if not -90.0 <= dec_deg <= 90.0:
+        raise ValueError(f"dec must be in [-90, 90] degrees, got {dec_deg:g}")
+    return ra_deg, dec_deg

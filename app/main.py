@@ -1,0 +1,71 @@
+"""The FastAPI application: one ``Service`` per process, thin routes, one-line errors."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.api.routes import info, predict, web
+from app.core.config import Settings, get_settings
+from app.service import ApiError, Service
+
+log = logging.getLogger("galmet.api")
+API = "/api/v1"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app; the model, database and clients are set up in its lifespan."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        service = Service(settings)
+        await service.start()
+        app.state.service = service
+        try:
+            yield
+        finally:
+            await service.aclose()
+
+    app = FastAPI(
+        title="galmet",
+        version="0.1.0",
+        summary="Gas-phase metallicity of galaxies from SDSS gri images (Wu & Boada 2019).",
+        description=(
+            "Predict 12+log(O/H) (and stellar mass, for models that learned it) of a galaxy "
+            "from its SDSS cutout, by sky position or uploaded image. Every result is cached."
+        ),
+        lifespan=lifespan,
+    )
+    app.include_router(predict.router, prefix=API)
+    app.include_router(info.router, prefix=API)
+    app.include_router(web.router)
+    app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail, "flags": exc.flags}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "request"
+        return JSONResponse({"detail": f"{where}: {first['msg']}", "flags": []}, 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": str(exc.detail), "flags": []}, exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s", request.url.path)
+        return JSONResponse({"detail": "internal error (logged)", "flags": []}, 500)
+
+    return app

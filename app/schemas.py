@@ -1,0 +1,103 @@
+"""Request and response bodies of the HTTP API (pydantic), with examples for /docs."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+EXAMPLE_PREDICTION = {
+    "oh_p50": 8.98,
+    "oh_sigma": 0.08,
+    "oh_p16": 8.90,
+    "oh_p84": 9.06,
+    "log_mstar": None,
+    "log_mstar_sigma": None,
+    "tta": 8,
+    "tta_spread": {"oh_p50": 0.012},
+    "model_version": "12942675c3f6e0a4…",
+    "model_name": "oh",
+    "demo": False,
+    "notice": None,
+    "cached": False,
+    "flags": [],
+    "source": "coordinates",
+    "ra": 150.0,
+    "dec": 2.2,
+    "image_sha256": None,
+}
+
+
+class CoordinatesIn(BaseModel):
+    """A sky position: decimal degrees, or sexagesimal strings (RA in hours)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"ra": 150.0, "dec": 2.2}, {"ra": "10:00:00", "dec": "+02:12:00"}]
+        }
+    )
+
+    ra: float | str = Field(description="right ascension: degrees, or hh:mm:ss")
+    dec: float | str = Field(description="declination: degrees, or dd:mm:ss")
+
+
+class PredictionOut(BaseModel):
+    """One galaxy's prediction. Values are dex; sigma is calibrated (68% within ±sigma)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_PREDICTION]})
+
+    oh_p50: float | None = Field(description="12 + log(O/H)")
+    oh_sigma: float | None = Field(description="uncertainty of oh_p50 (1 sigma)")
+    oh_p16: float | None = Field(description="oh_p50 - oh_sigma")
+    oh_p84: float | None = Field(description="oh_p50 + oh_sigma")
+    log_mstar: float | None = Field(
+        description="log10 stellar mass [Msun], if the model predicts it"
+    )
+    log_mstar_sigma: float | None = None
+    tta: int = Field(description="test-time augmentation copies averaged (1, 2, 4 or 8)")
+    tta_spread: dict[str, float] = Field(description="std of each output over the TTA copies")
+    model_version: str = Field(description="SHA-256 of the checkpoint file")
+    model_name: str
+    demo: bool = Field(description="true for the mock-sky demo model: not for science")
+    notice: str | None = None
+    cached: bool = Field(description="answered from the cache")
+    flags: list[str] = Field(description="quality flags, e.g. grayscale_converted, resized")
+    source: Literal["coordinates", "image"]
+    ra: float | None = None
+    dec: float | None = None
+    image_sha256: str | None = None
+
+
+class ModelOut(BaseModel):
+    """The loaded model."""
+
+    name: str
+    version: str = Field(description="SHA-256 of the checkpoint file (the cache key's model part)")
+    checkpoint_sha256: str
+    architecture: str
+    outputs: list[str]
+    input_size: int
+    bands: str
+    pixel_scale: float | None
+    training_data: str
+    test_metrics: dict
+    demo: bool
+    notice: str | None
+    tta: int
+    device: str
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyOut(BaseModel):
+    ready: bool
+    checks: dict[str, str]
+
+
+class ErrorOut(BaseModel):
+    """Every error: a one-line reason, and flags where the input had a known problem."""
+
+    detail: str
+    flags: list[str] = []

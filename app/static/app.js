@@ -1,0 +1,75 @@
+// galmet web page: send coordinates or an image to the API and show the answer.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+function showError(message) {
+  $("result").hidden = true;
+  $("error").textContent = message;
+  $("error").hidden = false;
+}
+
+function showResult(p, imageUrl) {
+  $("error").hidden = true;
+  $("cutout").src = imageUrl;
+  $("oh").textContent = p.oh_p50 === null ? "" : `12 + log(O/H) = ${p.oh_p50.toFixed(3)}`;
+  $("oh-sigma").textContent = p.oh_sigma === null ? "" : `± ${p.oh_sigma.toFixed(3)}`;
+  $("mass").textContent = p.log_mstar === null ? ""
+    : `log M*/M☉ = ${p.log_mstar.toFixed(2)} ± ${p.log_mstar_sigma.toFixed(2)}`;
+  const where = p.source === "coordinates"
+    ? `RA ${p.ra.toFixed(5)}, Dec ${p.dec.toFixed(5)}` : "uploaded image";
+  $("details").textContent =
+    `${where} · ${p.cached ? "from the cache" : "computed now"} · TTA ${p.tta} · ` +
+    `model ${p.model_name} (${p.model_version.slice(0, 12)})`;
+  $("flags").textContent = p.flags.length ? `flags: ${p.flags.join(", ")}` : "";
+  $("notice").textContent = p.notice || "";
+  $("result").hidden = false;
+}
+
+async function answer(response) {
+  const body = await response.json().catch(() => ({ detail: response.statusText }));
+  if (!response.ok) {
+    const flags = body.flags && body.flags.length ? ` (${body.flags.join(", ")})` : "";
+    throw new Error(`${response.status}: ${body.detail}${flags}`);
+  }
+  return body;
+}
+
+$("coords-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const ra = $("ra").value.trim();
+  const dec = $("dec").value.trim();
+  const query = new URLSearchParams({ ra, dec });
+  $("predict-button").disabled = true;
+  try {
+    const p = await answer(await fetch(`/api/v1/predict?${query}`));
+    showResult(p, `/api/v1/cutout?${query}`);
+  } catch (err) {
+    showError(err.message);
+  } finally {
+    $("predict-button").disabled = false;
+  }
+});
+
+async function sendFile(file) {
+  const form = new FormData();
+  form.append("file", file);
+  try {
+    const p = await answer(await fetch("/api/v1/predict/image", { method: "POST", body: form }));
+    showResult(p, URL.createObjectURL(file));
+  } catch (err) {
+    showError(err.message);
+  }
+}
+
+const zone = $("drop-zone");
+zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
+zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+zone.addEventListener("drop", (e) => {
+  e.preventDefault();
+  zone.classList.remove("over");
+  if (e.dataTransfer.files.length) sendFile(e.dataTransfer.files[0]);
+});
+$("file-input").addEventListener("change", (e) => {
+  if (e.target.files.length) sendFile(e.target.files[0]);
+});

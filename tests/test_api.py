@@ -1,0 +1,283 @@
+"""The prediction service over real HTTP on loopback, against the mock SkyServer.
+
+A tiny random-weight checkpoint stands in for a trained model (the numbers are not the
+point here; the plumbing is). The database is SQLite, and PostgreSQL too when it answers.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import zlib
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from PIL import Image
+
+from tests.helpers import galaxy, service
+from training.mock_skyserver import Faults, serve_in_thread
+from training.mock_skyserver import create_app as create_mock
+from training.model import file_sha256
+
+API = "/api/v1"
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def postgres_answers() -> bool:
+    try:
+        engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 2})
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        engine.dispose()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/api.sqlite3"
+        return
+    if not postgres_answers():
+        pytest.skip(f"PostgreSQL does not answer at {PG_URL}")
+    # A database of its own, so that runs never see each other's rows.
+    name = f"galmet_api_{abs(hash(request.node.nodeid)) % 10**8}"
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    try:
+        yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
+@pytest.fixture
+def api(tiny_model, mock_skyserver, database_url, tmp_path) -> Iterator[str]:
+    with service(tiny_model, mock_skyserver, database_url, tmp_path) as url:
+        yield url
+
+
+def mock_stats(skyserver: str) -> dict:
+    return httpx.get(skyserver.rsplit("/", 1)[0] + "/mock/stats").json()
+
+
+def jpeg_of(array: np.ndarray, fmt: str = "JPEG", mode: str | None = None) -> bytes:
+    image = Image.fromarray(array)
+    if mode:
+        image = image.convert(mode)
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------ by coordinates
+
+
+def test_predict_by_coordinates_then_from_cache(api, mock_sky, mock_skyserver, tiny_model):
+    ra, dec = galaxy(mock_sky, 3)
+    before = mock_stats(mock_skyserver)["getjpeg"]
+    first = httpx.get(f"{api}{API}/predict", params={"ra": ra, "dec": dec}, timeout=60)
+    assert first.status_code == 200, first.text
+    p = first.json()
+    assert p["cached"] is False and p["source"] == "coordinates"
+    assert 7 < p["oh_p50"] < 11 and p["oh_sigma"] > 0 and p["log_mstar"] is not None
+    assert p["oh_p16"] == pytest.approx(p["oh_p50"] - p["oh_sigma"])
+    assert p["model_version"] == file_sha256(tiny_model) and p["demo"] is False
+    assert set(p["tta_spread"]) == {"oh_p50", "log_mstar"} and p["tta"] == 2
+    assert mock_stats(mock_skyserver)["getjpeg"] == before + 1
+    # Again, with 0.1" of jitter, and by POST: the cache answers, SkyServer is not asked.
+    again = httpx.get(f"{api}{API}/predict", params={"ra": ra + 0.1 / 3600, "dec": dec})
+    assert again.json()["cached"] is True and again.json()["oh_p50"] == p["oh_p50"]
+    posted = httpx.post(f"{api}{API}/predict", json={"ra": ra, "dec": dec})
+    assert posted.status_code == 200 and posted.json()["cached"] is True
+    assert mock_stats(mock_skyserver)["getjpeg"] == before + 1
+    # The cutout the page shows comes from the cache as well.
+    cut = httpx.get(f"{api}{API}/cutout", params={"ra": ra, "dec": dec})
+    assert cut.headers["content-type"] == "image/jpeg" and Image.open(io.BytesIO(cut.content))
+    assert mock_stats(mock_skyserver)["getjpeg"] == before + 1
+
+
+def test_sexagesimal_coordinates(api, mock_sky):
+    from astropy.coordinates import Angle
+
+    ra, dec = galaxy(mock_sky, 5)
+    ra_s = Angle(ra, unit="deg").to_string(unit="hourangle", sep=":", precision=4)
+    dec_s = Angle(dec, unit="deg").to_string(unit="deg", sep=":", precision=3, alwayssign=True)
+    r = httpx.post(f"{api}{API}/predict", json={"ra": ra_s, "dec": dec_s}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["ra"] == pytest.approx(ra, abs=1e-5)
+
+
+def test_twenty_identical_requests_at_once_leave_one_row(api, mock_sky, database_url):
+    ra, dec = galaxy(mock_sky, 8)
+
+    def ask(_):
+        return httpx.get(f"{api}{API}/predict", params={"ra": ra, "dec": dec}, timeout=60)
+
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(ask, range(20)))
+    assert all(a.status_code == 200 for a in answers)
+    assert len({a.json()["oh_p50"] for a in answers}) == 1
+    engine = sa.create_engine(database_url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT ra, dec FROM predictions")).fetchall()
+    engine.dispose()
+    near = [r for r in rows if abs(r[0] - ra) < 1e-4 and abs(r[1] - dec) < 1e-4]
+    assert len(near) == 1
+
+
+def test_off_footprint_is_a_clear_422_and_the_service_goes_on(api, mock_sky):
+    r = httpx.get(f"{api}{API}/predict", params={"ra": 20.0, "dec": -40.0}, timeout=60)
+    assert r.status_code == 422
+    assert "blank_cutout" in r.json()["flags"] and "footprint" in r.json()["detail"]
+    ra, dec = galaxy(mock_sky, 1)
+    assert httpx.get(f"{api}{API}/predict", params={"ra": ra, "dec": dec}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "params, words",
+    [
+        ({"ra": 400, "dec": 0}, "ra must be in [0, 360)"),
+        ({"ra": 360, "dec": 0}, "ra must be in [0, 360)"),
+        ({"ra": 10, "dec": -91}, "dec must be in [-90, 90]"),
+        ({"ra": "nan", "dec": 0}, "finite"),
+        ({"ra": "inf", "dec": 0}, "finite"),
+        ({"ra": "ten", "dec": 0}, "cannot read ra"),
+        ({"ra": 10}, "dec"),
+        ({"ra": "", "dec": "1"}, "empty"),
+    ],
+)
+def test_bad_coordinates_get_a_4xx_with_one_line(api, params, words):
+    r = httpx.get(f"{api}{API}/predict", params=params)
+    assert r.status_code == 422
+    detail = r.json()["detail"]
+    assert words in detail and "\n" not in detail
+
+
+def test_bad_json_bodies(api):
+    assert httpx.post(f"{api}{API}/predict", content=b"{not json").status_code == 422
+    r = httpx.post(f"{api}{API}/predict", json={"ra": [1, 2], "dec": 3})
+    assert r.status_code == 422 and "\n" not in r.json()["detail"]
+
+
+def test_skyserver_failures_are_502_and_504(tiny_model, mock_sky, tmp_path):
+    ra, dec = galaxy(mock_sky, 2)
+    url = f"sqlite:///{tmp_path}/f.sqlite3"
+    with (
+        serve_in_thread(create_mock(mock_sky, Faults(fail_rate=1.0))) as failing,
+        service(tiny_model, failing, url, tmp_path) as api,
+    ):
+        r = httpx.get(f"{api}{API}/predict", params={"ra": ra, "dec": dec}, timeout=60)
+        assert r.status_code == 502 and "SkyServer" in r.json()["detail"]
+    url = f"sqlite:///{tmp_path}/t.sqlite3"
+    faults = Faults(timeout_rate=1.0, hang_seconds=5)
+    with (
+        serve_in_thread(create_mock(mock_sky, faults)) as hanging,
+        service(tiny_model, hanging, url, tmp_path) as api,
+    ):
+        r = httpx.get(f"{api}{API}/predict", params={"ra": ra, "dec": dec}, timeout=60)
+        assert r.status_code == 504 and "in time" in r.json()["detail"]
+        assert httpx.get(f"{api}{API}/healthz").status_code == 200
+
+
+# ------------------------------------------------------------------ uploads
+
+
+def upload(api: str, data: bytes, name: str = "x.jpg", ctype: str = "image/jpeg"):
+    return httpx.post(f"{api}{API}/predict/image", files={"file": (name, data, ctype)}, timeout=60)
+
+
+def test_upload_predicts_and_caches_by_hash(api, mock_sky):
+    data = mock_sky.cutout_jpeg(*galaxy(mock_sky, 4), 0.396, 64, 64)
+    r = upload(api, data)
+    assert r.status_code == 200, r.text
+    p = r.json()
+    assert p["source"] == "image" and p["cached"] is False and p["flags"] == []
+    assert len(p["image_sha256"]) == 64
+    again = upload(api, data)
+    assert again.json()["cached"] is True and again.json()["oh_p50"] == p["oh_p50"]
+
+
+def test_upload_conversions_are_flagged(api, mock_sky):
+    rgb = mock_sky.render(*galaxy(mock_sky, 6), 0.396, 64, 64)
+    gray = upload(api, jpeg_of(rgb, "PNG", "L"), "g.png", "image/png")
+    assert gray.status_code == 200 and "grayscale_converted" in gray.json()["flags"]
+    rgba = upload(api, jpeg_of(rgb, "PNG", "RGBA"), "a.png", "image/png")
+    assert rgba.status_code == 200 and "converted_from_rgba" in rgba.json()["flags"]
+    big = mock_sky.render(*galaxy(mock_sky, 6), 0.296, 100, 100)
+    resized = upload(api, jpeg_of(big))
+    assert resized.status_code == 200 and "resized" in resized.json()["flags"]
+
+
+def decompression_bomb() -> bytes:
+    """A valid 1-bit PNG of 20000 x 20000 black pixels in about 50 kilobytes."""
+    width = height = 20_000
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+        )
+
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([1, 0, 0, 0, 0])
+    raw = zlib.compress(b"\x00" * ((width // 8 + 1) * height), 9)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    "case, status, words",
+    [
+        ("text", 422, "not a readable image"),
+        ("truncated", 422, "truncated"),
+        ("empty", 422, "empty"),
+        ("gif", 415, "only JPEG and PNG"),
+        ("too_large", 413, "limit"),
+        ("bomb", 413, "too many pixels"),
+    ],
+)
+def test_bad_uploads_get_a_4xx_and_the_service_goes_on(api, mock_sky, case, status, words):
+    good = mock_sky.cutout_jpeg(*galaxy(mock_sky, 7), 0.396, 64, 64)
+    rgb = mock_sky.render(*galaxy(mock_sky, 7), 0.396, 64, 64)
+    data = {
+        "text": b"these are not the pixels you are looking for\n" * 10,
+        "truncated": good[: len(good) // 2],
+        "empty": b"",
+        "gif": jpeg_of(rgb, "GIF"),
+        "too_large": np.random.default_rng(0).bytes(400_000),
+        "bomb": decompression_bomb(),
+    }[case]
+    r = upload(api, data)
+    assert r.status_code == status, r.text
+    assert words in r.json()["detail"] and "\n" not in r.json()["detail"]
+    assert upload(api, good).status_code == 200
+
+
+def test_upload_without_a_file_field(api):
+    r = httpx.post(f"{api}{API}/predict/image", data={"other": "x"})
+    assert r.status_code == 422 and "file" in r.json()["detail"]
+
+
+# ------------------------------------------------------------------ model, health, docs
+
+
+def test_models_health_ready_docs_and_page(api, tiny_model):
+    m = httpx.get(f"{api}{API}/models").json()
+    assert m["version"] == m["checkpoint_sha256"] == file_sha256(tiny_model)
+    assert m["outputs"] == ["oh_p50", "lgm_tot_p50"] and m["demo"] is False
+    assert m["input_size"] == 32 and m["pixel_scale"] == pytest.approx(0.396)
+    assert httpx.get(f"{api}{API}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{api}{API}/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"]["database"] == "ok"
+    docs = httpx.get(f"{api}/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    spec = httpx.get(f"{api}/openapi.json").json()
+    assert {"/api/v1/predict", "/api/v1/predict/image", "/api/v1/models"} <= set(spec["paths"])
+    page = httpx.get(f"{api}/")
+    assert page.status_code == 200 and 'id="coords-form"' in page.text
+    assert "Model tiny" in page.text

@@ -1,0 +1,63 @@
+"""The web page in headless Chromium (Debian's package, driven by Playwright): load it,
+submit coordinates, see the prediction; and see a clear error off the footprint."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.helpers import galaxy, service
+
+CHROMIUM = shutil.which("chromium")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)"
+)
+# The machine's network is closed: keep Chromium from calling home at start.
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def page_url(tiny_model, mock_skyserver, tmp_path):
+    url = f"sqlite:///{tmp_path}/web.sqlite3"
+    with service(tiny_model, mock_skyserver, url, tmp_path) as api:
+        yield api
+
+
+def test_page_predicts_from_coordinates(page_url, mock_sky, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    ra, dec = galaxy(mock_sky, 9)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        page = browser.new_page()
+        page.goto(page_url + "/")
+        expect(page.locator("#model-badge")).to_contain_text("Model tiny")
+        page.fill("#ra", f"{ra:.6f}")
+        page.fill("#dec", f"{dec:.6f}")
+        page.click("#predict-button")
+        expect(page.locator("#result")).to_be_visible(timeout=60_000)
+        expect(page.locator("#oh")).to_contain_text("12 + log(O/H) = ")
+        expect(page.locator("#oh-sigma")).to_contain_text("±")
+        expect(page.locator("#details")).to_contain_text("computed now")
+        # The cutout the model saw is shown.
+        page.wait_for_function("document.getElementById('cutout').naturalWidth > 0")
+        page.screenshot(path=str(tmp_path / "page.png"))
+        # Again: now from the cache.
+        page.click("#predict-button")
+        expect(page.locator("#details")).to_contain_text("from the cache", timeout=30_000)
+        # Off the footprint: the reason is shown, not a result.
+        page.fill("#ra", "20")
+        page.fill("#dec", "-40")
+        page.click("#predict-button")
+        expect(page.locator("#error")).to_contain_text("outside the SDSS imaging footprint")
+        expect(page.locator("#result")).to_be_hidden()
+        browser.close()
