@@ -281,3 +281,20 @@ def test_models_health_ready_docs_and_page(api, tiny_model):
     page = httpx.get(f"{api}/")
     assert page.status_code == 200 and 'id="coords-form"' in page.text
     assert "Model tiny" in page.text
+
+
+def test_without_a_model_the_service_trains_and_serves_the_demo_model(
+    mock_sky, mock_skyserver, tmp_path
+):
+    tiny_demo = {"demo_galaxies": 60, "demo_size": 32, "demo_epochs": 1}
+    db = f"sqlite:///{tmp_path}/demo.sqlite3"
+    with service(None, mock_skyserver, db, tmp_path, **tiny_demo) as api:
+        m = httpx.get(f"{api}{API}/models").json()
+        assert m["demo"] is True and "not for science" in m["notice"]
+        assert m["name"] == "mock-sky demo" and m["input_size"] == 32
+        assert list(tmp_path.glob("demo-*.pt")), "built into the cache dir"
+        ra, dec = galaxy(mock_sky, 11)
+        p = httpx.get(f"{api}{API}/predict", params={"ra": ra, "dec": dec}, timeout=60).json()
+        assert p["demo"] is True and "not for science" in p["notice"]
+        page = httpx.get(f"{api}/").text
+        assert "Demo model" in page and "not for science" in page
