@@ -46,10 +46,25 @@ RECIPE = {
     "tta": 2,  # test metrics at TTA 1 and 2 (sigma is calibrated at every level anyway)
 }
 
-# Seconds per galaxy on this project's 2-core CPU: rendering (both cores), and one training
-# epoch per 48×48 px image (scaled by pixel count); for the "~N min" estimate only.
-RENDER_SECONDS = 0.006
-TRAIN_SECONDS_48PX = 0.03
+# Measured on this project's 2-core CPU (idle apart from light jobs), for the "~N min"
+# estimate: a fresh build of 3000 galaxies, 32 px, 6 epochs took 79 s: rendering 12 s
+# (0.004 s/galaxy), 9.7 s per epoch of training at 32 px (0.0032 s/galaxy, scaling with the
+# pixel count), and ~15 s of imports, sky set-up, sigma calibration and test metrics.
+#
+# What the demo settings buy (test RMSE of oh_p50 on 1000 held-out mock galaxies whose
+# oh_p50 has std 0.133 dex; TTA 1 / TTA 4; batch 64; seconds on one CPU thread shared with
+# other jobs, so about twice what an idle 2-core build takes):
+#   1500 galaxies, 48 px, 4 epochs: 0.127 / 0.117 (109 s) — barely beats the mean
+#   1500 galaxies, 48 px, 4 epochs, batch 32: 0.106 / 0.099 (114 s)
+#   3000 galaxies, 48 px, 4 epochs: 0.093 / 0.088 (191 s)
+#   3000 galaxies, 32 px, 6 epochs: 0.090 / 0.086 (132 s); the same fresh on 2 idle cores:
+#                                    0.094 / 0.086 (79 s)
+#   3000 galaxies, 32 px, 8 epochs, batch 32: 0.090 / 0.088 (190 s)
+#   4000 galaxies, 32 px, 6 epochs, batch 32: 0.091 / 0.091 (195 s)
+# so 3000 / 32 px / 6 epochs: well under the 3 minutes, and more data or epochs did not help.
+SETUP_SECONDS = 15.0
+RENDER_SECONDS = 0.004
+TRAIN_SECONDS_32PX = 0.0032
 
 
 def demo_key(settings: Settings) -> dict:
@@ -70,9 +85,9 @@ def demo_path(settings: Settings) -> Path:
 
 def estimated_minutes(settings: Settings) -> float:
     """Rough build time on a 2-core CPU."""
-    pixels = (settings.demo_size / 48) ** 2
-    per_galaxy = RENDER_SECONDS + TRAIN_SECONDS_48PX * pixels * settings.demo_epochs
-    return settings.demo_galaxies * per_galaxy / 60
+    epoch = TRAIN_SECONDS_32PX * (settings.demo_size / 32) ** 2
+    per_galaxy = RENDER_SECONDS + epoch * settings.demo_epochs
+    return (SETUP_SECONDS + settings.demo_galaxies * per_galaxy) / 60
 
 
 def is_demo(checkpoint: Checkpoint | str | Path) -> bool:

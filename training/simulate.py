@@ -21,7 +21,7 @@ from app.skyserver import MAX_SIZE, MIN_SIZE
 from galmet.errors import GalmetError
 from training.mocksky import MockSky, MockSkyConfig
 
-# Set in each worker process (inherited through fork, so the sky is built once).
+# The sky of this process: the main one's, or each worker's own (built by _init_worker).
 _SKY: MockSky | None = None
 
 
@@ -38,6 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="processes rendering images (default: all cores)",
     )
     parser.add_argument("--no-images", action="store_true", help="write the tables only")
+
+
+def _init_worker(n: int, seed: int, config: MockSkyConfig) -> None:
+    global _SKY
+    _SKY = MockSky(n, seed, config)  # deterministic: the same sky as the parent's
 
 
 def _render_chunk(args: tuple[list[int], Path, float, int]) -> int:
@@ -87,7 +92,10 @@ def simulate(
         _SKY = sky
         with tqdm(total=len(rows), desc="rendering", unit="img") as bar:
             if workers > 1:
-                with mp.get_context("fork").Pool(workers) as pool:
+                # spawn, not fork: the service builds its demo sky from a threaded process,
+                # where a forked child can inherit a lock held by another thread.
+                init = (sky.n, sky.seed, sky.config)
+                with mp.get_context("spawn").Pool(workers, _init_worker, init) as pool:
                     for done in pool.imap_unordered(_render_chunk, chunks):
                         bar.update(done)
             else:

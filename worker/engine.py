@@ -35,13 +35,18 @@ from training.model import Predictor
 
 log = logging.getLogger(__name__)
 
-#: TTA copies on the CPU when ``GALMET_TTA`` is unset. Measured on the 2-core CPU of this
-#: project (random-weight ResNet-34, JPEG bytes to predictions, batches of 64, see
-#: bench/infer_throughput.py) at the demo model's 48 px input:
-#:   TTA 1: ~ img/s, TTA 2: ~ img/s, TTA 8: ~ img/s;
-#: at 128 px: TTA 1 ~ img/s, TTA 8 ~ img/s.
-#: And what the copies buy (demo model, test RMSE of oh_p50): TTA 1 , TTA 2 , TTA 8 .
-TTA_CPU = 1
+#: TTA copies on the CPU when ``GALMET_TTA`` is unset: 4. Measured on this project's 2-core
+#: CPU (bench/infer_throughput.py, JPEG bytes to predictions, batches of 64, one torch
+#: thread on a CPU shared with other jobs), images/s at TTA 1 / 2 / 4 / 8:
+#:   32 px (the demo model's input): 498 / 263 / 153 / 83   (two threads: 986 / - / 331 / 166)
+#:   128 px (a full-size model):       37 /  16 / 7.6 / 3.6
+#: What the copies buy, demo model (3000 mock galaxies, 32 px), test RMSE of oh_p50 on 1000
+#: held-out galaxies (std 0.133 dex): 0.0936 / 0.0885 / 0.0861 / 0.0860; other demo
+#: trainings agreed (TTA 4 gains 1-8 %, TTA 8 under 1 % more). So 4: nearly all the gain at
+#: half the cost of 8, and the demo still runs 150+ images/s on one busy core, far above the
+#: 10 cutouts/s the service fetches from SkyServer. A full-size model on a CPU does ~8
+#: images/s per core at TTA 4: set GALMET_TTA=1 or 2 there if throughput matters more.
+TTA_CPU = 4
 #: TTA copies on a GPU when unset: all eight, as in the paper (≈6 ms/image on a P100).
 TTA_GPU = 8
 

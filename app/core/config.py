@@ -42,9 +42,11 @@ class Settings(BaseSettings):
     batch_wait_ms: float = 5.0
     # The demo model, built when no model is configured (tests shrink it).
     cache_dir: Path = Field(default_factory=lambda: Path(user_cache_dir("galmet")))
-    demo_galaxies: int = 1500
-    demo_size: int = 48
-    demo_epochs: int = 4
+    # Measured: 3000 galaxies, 32 px, 6 epochs build in ~80 s on 2 cores and reach a test
+    # RMSE of 0.086 dex at TTA 4 (std of the targets 0.133); more did not help.
+    demo_galaxies: int = 3000
+    demo_size: int = 32
+    demo_epochs: int = 6
 
     @field_validator("tta")
     @classmethod

@@ -1,0 +1,147 @@
+"""Inference throughput, JPEG bytes to predictions, batched vs one image at a time.
+
+    python bench/infer_throughput.py [--device cpu] [--batch-size 64] [--n 256] [--size 128]
+
+Renders a few mock-sky cutouts (128 px at 0.296″/px, as the service fetches them), repeats
+them to N JPEGs, and times three ways of predicting them at each TTA level:
+
+- ``naive``: the loop a first version would write: decode one, predict one;
+- ``batched``: decode a batch, one ``predict_arrays`` call per ``--batch-size`` images;
+- ``engine``: N concurrent one-image ``InferenceEngine.predict`` calls, micro-batched.
+
+Every image is decoded by ``decode_image`` (resized to the model's input) inside the
+timing. The model has random weights (the speed does not depend on them) unless
+``--model PATH`` is given. Prints a table, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import time
+
+import torch
+
+from training.mocksky import MockSky
+from training.model import Checkpoint, GalmetNet, Predictor
+from training.preprocess import decode_image
+from training.train import pick_device
+from worker.engine import InferenceEngine, predict_arrays
+
+
+def random_predictor(size: int, device: torch.device) -> Predictor:
+    torch.manual_seed(0)
+    net = GalmetNet(1)
+    ck = Checkpoint(["oh_p50"], [9.0], [0.1], size, "gri", [net.state_dict()])
+    return Predictor(ck, device)
+
+
+def mock_jpegs(n: int, distinct: int = 16) -> list[bytes]:
+    sky = MockSky(distinct, seed=0)
+    cat = sky.catalog()
+    cutouts = [sky.cutout_jpeg(float(r["ra"]), float(r["dec"]), 0.296, 128, 128) for r in cat]
+    return [cutouts[i % len(cutouts)] for i in range(n)]
+
+
+def naive(predictor: Predictor, jpegs: list[bytes], tta: int) -> None:
+    for data in jpegs:
+        predict_arrays(predictor, [decode_image(data, predictor.input_size)], tta)
+
+
+def batched(predictor: Predictor, jpegs: list[bytes], tta: int, batch_size: int) -> None:
+    for start in range(0, len(jpegs), batch_size):
+        chunk = jpegs[start : start + batch_size]
+        predict_arrays(predictor, [decode_image(d, predictor.input_size) for d in chunk], tta)
+
+
+def engine(predictor: Predictor, jpegs: list[bytes], tta: int, batch_size: int) -> float:
+    """Runs the engine path; returns its mean batch size."""
+
+    async def main() -> float:
+        async with InferenceEngine(predictor, batch_size, batch_wait_ms=5) as eng:
+
+            async def one(data: bytes) -> None:
+                await eng.predict([decode_image(data, predictor.input_size)], tta)
+
+            await asyncio.gather(*(one(d) for d in jpegs))
+            return eng.stats.mean_batch_size
+
+    return asyncio.run(main())
+
+
+def timed(fn, *args) -> tuple[float, object]:
+    start = time.perf_counter()
+    out = fn(*args)
+    return time.perf_counter() - start, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--n", type=int, default=256, help="images per batched run")
+    parser.add_argument("--naive-n", type=int, default=32, help="images for the slow loop")
+    parser.add_argument("--size", type=int, default=128, help="model input size (random model)")
+    parser.add_argument("--model", help="checkpoint to time instead of a random model")
+    parser.add_argument("--tta", default="1,8", help="TTA levels, comma-separated")
+    args = parser.parse_args()
+
+    device = pick_device(args.device)
+    predictor = (
+        Predictor.from_file(args.model, device)
+        if args.model
+        else random_predictor(args.size, device)
+    )
+    levels = [int(t) for t in args.tta.split(",")]
+    jpegs = mock_jpegs(args.n)
+    # Warm up: allocator, cuDNN/oneDNN algorithm choice, lazy imports.
+    batched(predictor, jpegs[: args.batch_size], max(levels), args.batch_size)
+    naive(predictor, jpegs[:2], 1)
+
+    rows = []
+    for tta in levels:
+        for mode in ("naive", "batched", "engine"):
+            n = min(args.naive_n, args.n) if mode == "naive" else args.n
+            if mode == "naive":
+                seconds, _ = timed(naive, predictor, jpegs[:n], tta)
+                mean_batch = 1.0
+            elif mode == "batched":
+                seconds, _ = timed(batched, predictor, jpegs[:n], tta, args.batch_size)
+                mean_batch = min(n, args.batch_size)
+            else:
+                seconds, mean_batch = timed(engine, predictor, jpegs[:n], tta, args.batch_size)
+            rows.append(
+                {
+                    "mode": mode,
+                    "tta": tta,
+                    "n": n,
+                    "seconds": round(seconds, 3),
+                    "images_per_s": round(n / seconds, 1),
+                    "ms_per_image": round(1000 * seconds / n, 2),
+                    "mean_batch": round(float(mean_batch), 1),
+                }
+            )
+            r = rows[-1]
+            print(
+                f"{mode:8s} tta {tta}  {n:5d} img  {r['seconds']:8.2f} s  "
+                f"{r['images_per_s']:8.1f} img/s  {r['ms_per_image']:8.2f} ms/img  "
+                f"batch {r['mean_batch']:5.1f}",
+                flush=True,
+            )
+    info = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "input_size": predictor.input_size,
+        "batch_size": args.batch_size,
+        "model": args.model or "random",
+        "results": rows,
+    }
+    print(json.dumps(info))
+
+
+if __name__ == "__main__":
+    main()
