@@ -35,12 +35,22 @@ def _angle(value: float | int | str, name: str, hours: bool) -> float:
     return float(degrees)
 
 
+def parse_ra(value: float | int | str, label: str = "ra") -> float:
+    """Right ascension in degrees, in [0, 360); strings may be sexagesimal hours."""
+    ra = _angle(value, label, hours=True)
+    if not 0.0 <= ra < 360.0:
+        raise ValueError(f"{label} must be in [0, 360) degrees, got {ra:g}")
+    return ra
+
+
+def parse_dec(value: float | int | str, label: str = "dec") -> float:
+    """Declination in degrees, in [-90, 90]; strings may be sexagesimal degrees."""
+    dec = _angle(value, label, hours=False)
+    if not -90.0 <= dec <= 90.0:
+        raise ValueError(f"{label} must be in [-90, 90] degrees, got {dec:g}")
+    return dec
+
+
 def parse_coordinates(ra: float | int | str, dec: float | int | str) -> tuple[float, float]:
     """(ra, dec) in decimal degrees, checked: RA in [0, 360), Dec in [-90, 90]."""
-    ra_deg = _angle(ra, "ra", hours=True)
-    dec_deg = _angle(dec, "dec", hours=False)
-    if not 0.0 <= ra_deg < 360.0:
-        raise ValueError(f"ra must be in [0, 360) degrees, got {ra_deg:g}")
-    if not -90.0 <= dec_deg <= 90.0:
-        raise ValueError(f"dec must be in [-90, 90] degrees, got {dec_deg:g}")
-    return ra_deg, dec_deg
+    return parse_ra(ra), parse_dec(dec)

@@ -23,15 +23,13 @@ import argparse
 import asyncio
 import io
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import astropy.units as u
-from astropy.coordinates import Angle
 from PIL import Image
 
+from app import coords
 from app.skyserver import (
     DEFAULT_SCALE,
     DEFAULT_SIZE,
@@ -84,34 +82,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # ------------------------------------------------------------------------------ coordinates
-def _angle(text: str, unit: u.Unit, what: str) -> float:
-    text = text.strip()
-    try:
-        value = float(text)  # a plain number is decimal degrees, for RA too
-    except ValueError:
-        try:
-            value = Angle(text, unit=unit).degree
-        except (ValueError, u.UnitsError) as exc:
-            raise GalmetError(f"cannot read {what} {text!r}: {exc}") from None
-    if not math.isfinite(value):
-        raise GalmetError(f"{what} must be a finite number, got {text!r}")
-    return float(value)
-
-
 def parse_ra(text: str) -> float:
     """RA in degrees from decimal degrees or a sexagesimal string (hours unless it says ``d``)."""
-    ra = _angle(text, u.hourangle, "RA")
-    if not 0.0 <= ra < 360.0:
-        raise GalmetError(f"RA must be in [0, 360) degrees, got {text!r}")
-    return ra
+    try:
+        return coords.parse_ra(text, "RA")
+    except ValueError as exc:
+        raise GalmetError(str(exc)) from None
 
 
 def parse_dec(text: str) -> float:
     """Dec in degrees from decimal degrees or a sexagesimal string (degrees)."""
-    dec = _angle(text, u.deg, "Dec")
-    if not -90.0 <= dec <= 90.0:
-        raise GalmetError(f"Dec must be in [-90, 90] degrees, got {text!r}")
-    return dec
+    try:
+        return coords.parse_dec(text, "Dec")
+    except ValueError as exc:
+        raise GalmetError(str(exc)) from None
 
 
 # ------------------------------------------------------------------------------ cutouts
