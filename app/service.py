@@ -165,21 +165,7 @@ class Service:
         jpeg = await self.cutout(ra, dec)
         pixels = decode_image(jpeg, m.checkpoint.input_size)
         flags = [] if centre_has_source(pixels) else ["no_source_at_centre"]
-        result = (await self._engine().predict([pixels], self.tta))[0]
-        row = await self._db(
-            cache.store_prediction,
-            kind="sky",
-            ra=ra,
-            dec=dec,
-            image_sha256=None,
-            model_version=m.version,
-            tta=self.tta,
-            outputs=result["outputs"],
-            sigma=result["sigma"],
-            tta_spread=result["tta_spread"],
-            flags=flags,
-        )
-        return self._out(row, cached=False)
+        return await self._predict_and_store(pixels, flags, kind="sky", ra=ra, dec=dec)
 
     async def predict_upload(self, data: bytes) -> PredictionOut:
         m = self._model()
@@ -197,19 +183,23 @@ class Service:
         flags = list(image.flags)
         if not centre_has_source(image.pixels):
             flags.append("no_source_at_centre")
-        result = (await self._engine().predict([image.pixels], self.tta))[0]
+        return await self._predict_and_store(
+            image.pixels, flags, kind="image", image_sha256=image.sha256
+        )
+
+    async def _predict_and_store(self, pixels, flags: list[str], **key) -> PredictionOut:
+        """Run the model on one image and upsert the result under ``key`` (kind and
+        position or image hash)."""
+        result = (await self._engine().predict([pixels], self.tta))[0]
         row = await self._db(
             cache.store_prediction,
-            kind="image",
-            ra=None,
-            dec=None,
-            image_sha256=image.sha256,
-            model_version=m.version,
+            model_version=self._model().version,
             tta=self.tta,
             outputs=result["outputs"],
             sigma=result["sigma"],
             tta_spread=result["tta_spread"],
             flags=flags,
+            **key,
         )
         return self._out(row, cached=False)
 
