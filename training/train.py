@@ -70,7 +70,6 @@ class TrainConfig:
     limit: int | None = None
     max_steps: int | None = None  # stop each epoch after this many batches (quick tests)
     resume: bool = False
-    compile: bool = False
 
     @property
     def epochs(self) -> int:
