@@ -9,10 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
+from tests.helpers import tiny_checkpoint
 from training.mocksky import MockSky
-from training.model import Checkpoint, GalmetNet
 
 
 @pytest.fixture(scope="session")
@@ -35,20 +34,8 @@ def mock_skyserver(mock_sky: MockSky) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A random ResNet-34 predicting metallicity and mass, trained on 64 px at 0.396"/px."""
-    torch.manual_seed(0)
-    net = GalmetNet(2)
-    net.train()
-    with torch.no_grad():  # non-trivial BatchNorm statistics
-        for _ in range(3):
-            net(torch.randn(8, 3, 32, 32))
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    Checkpoint(
-        outputs=["oh_p50", "lgm_tot_p50"],
-        target_mean=[9.0, 10.0],
-        target_std=[0.1, 0.5],
-        input_size=32,
-        bands="gri",
-        model_states=[net.state_dict()],
+    tiny_checkpoint(
         config={"image_size": 64, "pixel_scale": 0.396},
         sigma_scale={1: 1.0, 2: 1.0, 4: 1.0, 8: 1.0},
     ).save(path)

@@ -4,6 +4,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
+from training.model import Checkpoint, GalmetNet
+
+
+def tiny_checkpoint(n_out: int = 2, seed: int = 0, **fields) -> Checkpoint:
+    """An untrained ResNet-34 checkpoint (32 px input) predicting oh_p50 and, with
+    ``n_out=2``, lgm_tot_p50; ``fields`` set other Checkpoint fields (config, sigma_scale)."""
+    torch.manual_seed(seed)
+    net = GalmetNet(n_out)
+    net.train()  # non-trivial BatchNorm statistics, so that eval mode is not the identity
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.randn(8, 3, 32, 32))
+    return Checkpoint(
+        outputs=["oh_p50", "lgm_tot_p50"][:n_out],
+        target_mean=[9.0, 10.0][:n_out],
+        target_std=[0.1, 0.5][:n_out],
+        input_size=32,
+        bands="gri",
+        model_states=[net.state_dict()],
+        **fields,
+    )
+
 
 def service(tiny_model: Path, skyserver: str, database_url: str, tmp_path: Path, **extra):
     """The galmet service over loopback (a context manager yielding its base URL), with

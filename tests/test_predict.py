@@ -7,32 +7,13 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from astropy.coordinates import Angle
 
 from galmet.cli import main as galmet
 from galmet.errors import GalmetError
-from training.model import Checkpoint, GalmetNet, Predictor, file_sha256
+from tests.helpers import tiny_checkpoint
+from training.model import Checkpoint, Predictor, file_sha256
 from training.predict import cutout_geometry, parse_dec, parse_ra
-
-
-def tiny_checkpoint() -> Checkpoint:
-    """An untrained two-output network, as ``galmet train --size 32`` would save it."""
-    torch.manual_seed(0)
-    net = GalmetNet(2)
-    net.train()  # non-trivial BatchNorm statistics, so that eval mode is not the identity
-    with torch.no_grad():
-        for _ in range(3):
-            net(torch.randn(8, 3, 32, 32))
-    return Checkpoint(
-        outputs=["oh_p50", "lgm_tot_p50"],
-        target_mean=[9.0, 10.0],
-        target_std=[0.1, 0.5],
-        input_size=32,
-        bands="gri",
-        model_states=[net.state_dict()],
-        config={"size": 32},
-    )
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +21,7 @@ def setup(tmp_path_factory, mock_sky):
     """(model file, two galaxies' JPEG files, their catalog rows)."""
     root = tmp_path_factory.mktemp("predict")
     model = root / "model.pt"
-    tiny_checkpoint().save(model)
+    tiny_checkpoint(config={"size": 32}).save(model)
     rows = mock_sky.catalog()[:2]
     paths = []
     for row in rows:

@@ -11,6 +11,7 @@ from torch import nn
 
 from galmet.cli import main as galmet
 from galmet.errors import GalmetError
+from tests.helpers import tiny_checkpoint
 from training.augment import TTA_TRANSFORMS, d4, random_d4, tta_views
 from training.dataset import TargetScaler, load_data, split_indices
 from training.model import Checkpoint, GalmetNet, Predictor, build_model
@@ -32,24 +33,6 @@ def tiny_mock(tmp_path_factory):
     out = tmp_path_factory.mktemp("mock64")
     simulate(64, out, seed=4, size=64, workers=1)
     return out
-
-
-def tiny_checkpoint(n_out: int = 2, seed: int = 0) -> Checkpoint:
-    torch.manual_seed(seed)
-    net = GalmetNet(n_out)
-    # Non-trivial BatchNorm statistics, so that eval mode is not the identity.
-    net.train()
-    with torch.no_grad():
-        for _ in range(3):
-            net(torch.randn(8, 3, 32, 32))
-    return Checkpoint(
-        outputs=["oh_p50", "lgm_tot_p50"][:n_out],
-        target_mean=[9.0, 10.0][:n_out],
-        target_std=[0.1, 0.5][:n_out],
-        input_size=32,
-        bands="gri",
-        model_states=[net.state_dict()],
-    )
 
 
 def test_d4_is_the_eight_symmetries_of_the_square():
