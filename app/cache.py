@@ -229,8 +229,8 @@ def _insert_once(
         from sqlalchemy.dialects.postgresql import insert
     elif dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert
-    else:
-        raise NotImplementedError(f"no idempotent insert for the {dialect} database")
+    else:  # db.normalize_url refuses other databases before any engine exists
+        raise ValueError(f"no idempotent insert for the {dialect} database")
     statement = insert(model).values(**values).on_conflict_do_nothing(index_elements=list(unique))
     session.execute(statement)
     session.commit()

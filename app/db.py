@@ -17,6 +17,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
 from galmet.errors import GalmetError
@@ -29,6 +30,9 @@ _MIGRATION_LOCK_ID = 0x6A1E7
 _upgrade_lock = threading.Lock()
 
 
+SUPPORTED_BACKENDS = ("sqlite", "postgresql")
+
+
 def normalize_url(url: str | URL) -> URL:
     """The URL with a driver we ship: plain ``postgresql://`` means psycopg 3.
 
@@ -37,6 +41,11 @@ def normalize_url(url: str | URL) -> URL:
     url = make_url(url)
     if url.drivername in ("postgresql", "postgres"):
         url = url.set(drivername="postgresql+psycopg")
+    if url.get_backend_name() not in SUPPORTED_BACKENDS:
+        # The cache's idempotent upserts exist for these two only (app.cache._insert_once).
+        raise ArgumentError(
+            f"database {url.get_backend_name()!r} is not supported: use SQLite or PostgreSQL"
+        )
     return url
 
 

@@ -26,6 +26,14 @@ def main(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         first = exc.errors()[0]
         raise GalmetError(f"bad GALMET_{str(first['loc'][0]).upper()}: {first['msg']}") from None
+    from sqlalchemy.exc import ArgumentError
+
+    from app.db import normalize_url
+
+    try:
+        normalize_url(settings.database_url)
+    except ArgumentError as exc:
+        raise GalmetError(f"bad GALMET_DATABASE_URL: {exc}") from None
     if settings.model is not None and not settings.model.exists():
         raise GalmetError(f"GALMET_MODEL={settings.model} does not exist")
     from app.main import create_app  # torch, the model code: only once the settings are sane

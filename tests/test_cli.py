@@ -49,3 +49,12 @@ def test_console_script_prints_one_line_error_without_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "galmet: error: --n must be at least 1"
+
+
+def test_serve_refuses_an_unsupported_database(capsys, monkeypatch):
+    monkeypatch.setenv("GALMET_DATABASE_URL", "mysql://root@127.0.0.1/test")
+    assert main(["serve"]) == 2
+    assert "'mysql' is not supported: use SQLite or PostgreSQL" in capsys.readouterr().err
+    monkeypatch.setenv("GALMET_DATABASE_URL", "not a url")
+    assert main(["serve"]) == 2
+    assert "bad GALMET_DATABASE_URL" in capsys.readouterr().err
