@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -12,8 +13,9 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api.routes import info, predict, web
+from app.api.routes import info, jobs, metrics, predict, web
 from app.core.config import Settings, get_settings
+from app.metrics import REQUEST_SECONDS
 from app.service import ApiError, Service
 
 log = logging.getLogger("galmet.api")
@@ -45,9 +47,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(predict.router, prefix=API)
+    app.include_router(jobs.router, prefix=API)
     app.include_router(info.router, prefix=API)
+    app.include_router(metrics.router)
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
+
+    @app.middleware("http")
+    async def timed(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        REQUEST_SECONDS.labels(
+            request.method, _route_template(request), str(response.status_code)
+        ).observe(time.perf_counter() - started)
+        return response
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -69,3 +82,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"detail": "internal error (logged)", "flags": []}, 500)
 
     return app
+
+
+def _route_template(request: Request) -> str:
+    """The matched route as a template (``/api/v1/jobs/{job_id}``), so that metrics have one
+    series per route, not one per job id; ``unmatched`` for a 404 without a route."""
+    route = request.scope.get("route")
+    path_format = getattr(route, "path_format", None)
+    if path_format is None:
+        return "unmatched"
+    path = request.scope["path"]
+    try:  # a router's routes keep their own paths: put the prefix back in front
+        tail = path_format.format(**request.scope.get("path_params", {}))
+    except (KeyError, IndexError, ValueError):
+        return path_format
+    return path[: len(path) - len(tail)] + path_format if path.endswith(tail) else path_format

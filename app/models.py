@@ -1,7 +1,12 @@
 """Database models of the prediction service: the result cache and the cutout cache.
 
 The migrations in ``alembic/`` are generated from ``Base.metadata``; change a model, then add a
-migration (``galmet db revision --message "..."``). Batch jobs add their own tables later.
+migration (``galmet db revision --message "..."``).
+
+Batch jobs: a ``Job`` holds its input rows as ``JobTarget`` rows (every input row, valid or
+not, exactly once: unique on job and row number), split into ``JobChunk`` units of work. A
+chunk is run by a Celery worker or by the in-process executor; either writes a target's result
+by pointing it at its cached ``Prediction``, so running a chunk twice changes nothing.
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     Float,
+    ForeignKey,
     Index,
     Integer,
     LargeBinary,
     MetaData,
     String,
+    Text,
     UniqueConstraint,
     func,
 )
@@ -102,3 +109,68 @@ class Cutout(Base):
 
     def __repr__(self) -> str:
         return f"<Cutout {self.id} {self.sky_key} scale={self.scale} size={self.size}>"
+
+
+class Job(Base):
+    """A batch job: a list of targets, predicted with one model version and TTA level."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # random UUID4, as text
+    model_version: Mapped[str] = mapped_column(String(64))
+    tta: Mapped[int] = mapped_column(Integer)
+    n_targets: Mapped[int] = mapped_column(Integer)  # input rows, the invalid ones included
+    n_chunks: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(16))  # "json", "csv" or "votable"
+    filename: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.n_targets} targets>"
+
+
+class JobChunk(Base):
+    """A unit of work of a job: its targets share one batched forward pass.
+
+    ``enqueued_at`` / ``heartbeat_at`` let the API tell a chunk that is waiting or running from
+    one whose message or worker was lost, and send it again.
+    """
+
+    __tablename__ = "job_chunks"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    chunk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # times a runner started it
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class JobTarget(Base):
+    """One input row of a job, with its outcome: queued, done, failed (with the reason, e.g. a
+    SkyServer error or a blank cutout) or invalid (a bad row, never run)."""
+
+    __tablename__ = "job_targets"
+    __table_args__ = (
+        UniqueConstraint("job_id", "row"),
+        Index("ix_job_targets_chunk", "job_id", "chunk"),
+        CheckConstraint("status IN ('queued', 'done', 'failed', 'invalid')", name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    row: Mapped[int] = mapped_column(Integer)  # 1-based data row of the input
+    chunk: Mapped[int | None] = mapped_column(Integer)  # None for invalid rows
+    target_id: Mapped[str | None] = mapped_column(String(200))  # the user's id column
+    ra: Mapped[float | None] = mapped_column(Float)
+    dec: Mapped[float | None] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(8))
+    reason: Mapped[str | None] = mapped_column(Text)
+    cached: Mapped[bool | None] = mapped_column(Boolean)  # answered from the cache
+    prediction_id: Mapped[int | None] = mapped_column(
+        ForeignKey("predictions.id", ondelete="SET NULL")
+    )
+
+    def __repr__(self) -> str:
+        return f"<JobTarget {self.job_id}#{self.row} {self.status}>"

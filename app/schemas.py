@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -101,3 +102,36 @@ class ErrorOut(BaseModel):
 
     detail: str
     flags: list[str] = []
+
+
+class TargetIn(BaseModel):
+    """One target of a JSON batch job."""
+
+    ra: float | str = Field(description="right ascension: decimal degrees or sexagesimal")
+    dec: float | str = Field(description="declination: decimal degrees or sexagesimal")
+    id: str | int | None = Field(None, description="your identifier, returned with the result")
+
+
+class JobCounts(BaseModel):
+    queued: int = Field(description="valid targets not answered yet")
+    done: int = Field(description="predicted, or answered from the cache")
+    failed: int = Field(description="could not be predicted; the results say why")
+    invalid: int = Field(description="bad input rows, never run; the results say why")
+
+
+class JobOut(BaseModel):
+    """A batch job's status. ``progress`` is the fraction of rows answered."""
+
+    id: str
+    status: Literal["queued", "running", "done"]
+    n_targets: int
+    counts: JobCounts
+    progress: float
+    n_chunks: int
+    model_version: str
+    tta: int
+    source: str
+    filename: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    links: dict[str, str] = Field(description="status and results URLs")

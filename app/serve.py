@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
 import uvicorn
-
-from galmet.errors import GalmetError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,28 +14,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
+    from app.core.config import checked_settings
+    from app.core.logs import setup_logging
 
-    from app.core.config import Settings
-
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise GalmetError(f"bad GALMET_{str(first['loc'][0]).upper()}: {first['msg']}") from None
-    from sqlalchemy.exc import ArgumentError
-
-    from app.db import normalize_url
-
-    try:
-        normalize_url(settings.database_url)
-    except ArgumentError as exc:
-        raise GalmetError(f"bad GALMET_DATABASE_URL: {exc}") from None
-    if settings.model is not None and not settings.model.exists():
-        raise GalmetError(f"GALMET_MODEL={settings.model} does not exist")
+    settings = checked_settings()
     from app.main import create_app  # torch, the model code: only once the settings are sane
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level, settings.log_json)
     print(f"galmet: serving on http://{args.host}:{args.port}/ (API docs at /docs)")
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
     return 0

@@ -14,6 +14,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 import torch
 from anyio import to_thread
@@ -30,6 +31,9 @@ from training.predict import cutout_geometry
 from training.preprocess import decode_image
 from training.train import pick_device
 from worker.engine import InferenceEngine, default_tta
+
+if TYPE_CHECKING:
+    from app.jobs import CeleryJobs, InProcessJobs
 
 log = logging.getLogger("galmet.service")
 
@@ -68,11 +72,15 @@ class Service:
     skyserver: SkyServerClient | None = None
     tta: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    jobs: InProcessJobs | CeleryJobs | None = None  # runs batch-job chunks
     _inflight: dict[tuple, asyncio.Task] = field(default_factory=dict)
 
-    async def start(self) -> None:
+    async def start(self, worker: bool = False) -> None:
+        """Connect and load. ``worker=True`` in a Celery worker: no migrations (the API, or
+        compose's migrate step, applies them; workers would race) and no job executor."""
         s = self.settings
-        await to_thread.run_sync(db.upgrade, s.database_url)
+        if not worker:
+            await to_thread.run_sync(db.upgrade, s.database_url)
         self.sessions = db.sessionmaker_for(db.make_engine(s.database_url))
         self.device = pick_device(s.device)
         path = s.model or await to_thread.run_sync(demo_checkpoint, s)
@@ -96,8 +104,17 @@ class Service:
         )
         await self.engine.start()
         self.skyserver = SkyServerClient(
-            s.skyserver_url, timeout=s.skyserver_timeout, retries=s.skyserver_retries
+            s.skyserver_url,
+            timeout=s.skyserver_timeout,
+            retries=s.skyserver_retries,
+            rate=s.skyserver_rate,
+            concurrency=s.fetch_concurrency,
         )
+        if not worker:
+            from app.jobs import CeleryJobs, InProcessJobs
+
+            self.jobs = CeleryJobs(self, s.broker_url) if s.broker_url else InProcessJobs(self)
+            await self.jobs.start()
         log.info(
             "model %s (%s) on %s, TTA %d, database %s",
             self.model.name,
@@ -108,6 +125,8 @@ class Service:
         )
 
     async def aclose(self) -> None:
+        if self.jobs is not None:
+            await self.jobs.aclose()
         if self.engine is not None:
             await self.engine.aclose()
         if self.skyserver is not None:
@@ -141,7 +160,7 @@ class Service:
             checks["database"] = "ok" if ok else "no answer"
         except Exception as exc:  # any failure means "not ready", with its reason
             checks["database"] = f"error: {exc}".splitlines()[0][:200]
-        checks["broker"] = "not used (in-process inference)"
+        checks["broker"] = await self.jobs.check() if self.jobs else "not used by a worker"
         return checks
 
     # ------------------------------------------------------------------ predictions
@@ -159,7 +178,7 @@ class Service:
 
     async def _predict_coordinates(self, ra: float, dec: float) -> PredictionOut:
         m = self._model()
-        row = await self._db(cache.find_sky, ra, dec, m.version, self.tta)
+        row = await self.run_db(cache.find_sky, ra, dec, m.version, self.tta)
         if row is not None:
             return self._out(row, cached=True)
         jpeg = await self.cutout(ra, dec)
@@ -175,7 +194,7 @@ class Service:
             )
         except ValueError as exc:
             raise ApiError(getattr(exc, "status", 422), str(exc)) from None
-        row = await self._db(cache.find_image, image.sha256, m.version, self.tta)
+        row = await self.run_db(cache.find_image, image.sha256, m.version, self.tta)
         if row is not None:
             return self._out(row, cached=True)
         if is_blank_cutout(image.pixels):
@@ -190,8 +209,8 @@ class Service:
     async def _predict_and_store(self, pixels, flags: list[str], **key) -> PredictionOut:
         """Run the model on one image and upsert the result under ``key`` (kind and
         position or image hash)."""
-        result = (await self._engine().predict([pixels], self.tta))[0]
-        row = await self._db(
+        result = (await self.predict_images([pixels], self.tta))[0]
+        row = await self.run_db(
             cache.store_prediction,
             model_version=self._model().version,
             tta=self.tta,
@@ -203,13 +222,17 @@ class Service:
         )
         return self._out(row, cached=False)
 
+    async def predict_images(self, images: list, tta: int) -> list[dict]:
+        """Prediction records for decoded images, through the micro-batching engine."""
+        return await self._engine().predict(images, tta)
+
     async def cutout(self, ra: float, dec: float) -> bytes:
         """The model's SkyServer cutout at (ra, dec): from the cache, else fetched and kept.
 
         Blank (off-footprint) cutouts are kept too, then refused with a 422.
         """
         m = self._model()
-        row = await self._db(cache.get_cutout, ra, dec, m.fetch_scale, m.fetch_size)
+        row = await self.run_db(cache.get_cutout, ra, dec, m.fetch_scale, m.fetch_size)
         if row is None:
             try:
                 jpeg = await self._skyserver().cutout(
@@ -220,7 +243,7 @@ class Service:
             except SkyServerError as exc:
                 raise ApiError(502, f"SkyServer failed: {exc.reason}") from None
             blank = await to_thread.run_sync(is_blank_cutout, jpeg)
-            row = await self._db(
+            row = await self.run_db(
                 cache.store_cutout, ra, dec, m.fetch_scale, m.fetch_size, jpeg, blank
             )
         if row.blank:
@@ -232,7 +255,68 @@ class Service:
             )
         return row.jpeg
 
+    # ------------------------------------------------------------------ batch jobs
+    async def create_job(
+        self, stream: BinaryIO, filename: str | None, content_type: str | None
+    ) -> dict:
+        """Parse (streaming), write and queue a job; returns its status document."""
+        from app import jobs
+        from app.targets import TargetsError, parse_targets, target_format
+
+        m, s = self._model(), self.settings
+
+        def write(session: Session):
+            source = target_format(stream, filename, content_type)
+            rows = parse_targets(stream, filename, content_type, s.max_job_targets)
+            return jobs.insert_job(
+                session,
+                rows,
+                model_version=m.version,
+                tta=self.tta,
+                chunk_size=s.job_chunk_size,
+                source=source,
+                filename=filename,
+            )
+
+        try:
+            job = await self.run_db(write)
+        except TargetsError as exc:
+            raise ApiError(exc.status, str(exc)) from None
+        try:
+            await self._jobs().submit([(job.id, c) for c in range(job.n_chunks)])
+        except Exception as exc:
+            await self.run_db(jobs.delete_job, job.id)
+            raise ApiError(503, f"the job could not be queued: {exc}".splitlines()[0]) from None
+        log.info(
+            "job %s: %d targets in %d chunks",
+            job.id,
+            job.n_targets,
+            job.n_chunks,
+            extra={"job_id": job.id},
+        )
+        return await self.job_status(job.id)
+
+    async def job_status(self, job_id: str) -> dict:
+        from app.jobs import job_status
+
+        status = await self.run_db(job_status, job_id)
+        if status is None:
+            raise ApiError(404, f"no job {job_id}")
+        return status
+
+    async def job_results(self, job_id: str) -> tuple[dict, list[dict]]:
+        """The job's status and one result dict per input row."""
+        from app.jobs import job_results
+
+        status = await self.job_status(job_id)
+        return status, await self.run_db(job_results, job_id)
+
     # ------------------------------------------------------------------ helpers
+    def _jobs(self) -> InProcessJobs | CeleryJobs:
+        if self.jobs is None:
+            raise ApiError(503, "batch jobs are not running in this process")
+        return self.jobs
+
     def _out(self, row, cached: bool) -> PredictionOut:
         m = self._model()
         values: dict = {}
@@ -264,7 +348,8 @@ class Service:
             image_sha256=row.image_sha256,
         )
 
-    async def _db(self, fn, *args, **kwargs):
+    async def run_db(self, fn, *args, **kwargs):
+        """``fn(session, *args, **kwargs)`` in a worker thread, with a session of its own."""
         sessions = self._sessions()
 
         def call():

@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "app.serve",
         "run the API and web page (embedded defaults: SQLite, in-process inference)",
     ),
+    "worker": ("worker.cli", "run a Celery worker for batch jobs (GPU when present)"),
+    "submit": ("app.submit", "send a target list to a galmet service as a batch job"),
     "simulate": ("training.simulate", "write a mock SDSS sample: catalog.csv, images/, truth.csv"),
     "mock-skyserver": ("training.mock_skyserver", "serve a local stand-in for SDSS SkyServer"),
     "catalog": ("training.catalog", "run the sample-selection query against SkyServer"),

@@ -5,11 +5,16 @@ Several people add fixtures here; keep each one small and documented.
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import OperationalError
 
+from app.db import normalize_url
 from tests.helpers import tiny_checkpoint
 from training.mocksky import MockSky
 
@@ -40,3 +45,49 @@ def tiny_model(tmp_path_factory) -> Path:
         sigma_scale={1: 1.0, 2: 1.0, 4: 1.0, 8: 1.0},
     ).save(path)
     return path
+
+
+POSTGRES_URL = os.environ.get(
+    "GALMET_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture(scope="session")
+def postgres_admin() -> Iterator[Engine]:
+    """An autocommit engine on the test server, for CREATE/DROP DATABASE; skips if none."""
+    engine = create_engine(
+        normalize_url(POSTGRES_URL),
+        isolation_level="AUTOCOMMIT",
+        connect_args={"connect_timeout": 3},
+    )
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except OperationalError as exc:
+        engine.dispose()
+        reason = str(exc.orig).strip().splitlines()[0]
+        pytest.skip(f"PostgreSQL does not answer at {POSTGRES_URL}: {reason}")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
+    """An empty database: a SQLite file in a folder not made yet, or a fresh PostgreSQL db."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'data' / 'galmet.sqlite3'}"
+        return
+    admin: Engine = request.getfixturevalue("postgres_admin")
+    name = f"galmet_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        # Left as plain postgresql://: the service must pick psycopg 3 by itself.
+        yield (
+            normalize_url(POSTGRES_URL)
+            .set(drivername="postgresql", database=name)
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

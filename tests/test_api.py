@@ -23,39 +23,6 @@ from training.mock_skyserver import create_app as create_mock
 from training.model import file_sha256
 
 API = "/api/v1"
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
-def postgres_answers() -> bool:
-    try:
-        engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 2})
-        with engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-        engine.dispose()
-        return True
-    except Exception:
-        return False
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/api.sqlite3"
-        return
-    if not postgres_answers():
-        pytest.skip(f"PostgreSQL does not answer at {PG_URL}")
-    # A database of its own, so that runs never see each other's rows.
-    name = f"galmet_api_{abs(hash(request.node.nodeid)) % 10**8}"
-    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    try:
-        yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,8 +20,8 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, func, inspect, select, text
-from sqlalchemy.exc import OperationalError, StatementError
+from sqlalchemy import Engine, func, inspect, select
+from sqlalchemy.exc import StatementError
 from sqlalchemy.orm import Session
 
 from app.cache import (
@@ -39,7 +38,6 @@ from app.db import (
     alembic_config,
     check,
     make_engine,
-    normalize_url,
     safe_url,
     sessionmaker_for,
     upgrade,
@@ -47,54 +45,10 @@ from app.db import (
 from app.models import Base, Cutout, Prediction
 from galmet.cli import main
 
-POSTGRES_URL = os.environ.get(
-    "GALMET_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
 MODEL = "a" * 64  # a model version (checkpoint SHA-256)
 OTHER_MODEL = "b" * 64
 SHA = "0123456789abcdef" * 4
 ARCSEC = 1 / 3600
-
-
-@pytest.fixture(scope="session")
-def postgres_admin() -> Iterator[Engine]:
-    """An autocommit engine on the test server, for CREATE/DROP DATABASE; skips if none."""
-    engine = create_engine(
-        normalize_url(POSTGRES_URL),
-        isolation_level="AUTOCOMMIT",
-        connect_args={"connect_timeout": 3},
-    )
-    try:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-    except OperationalError as exc:
-        engine.dispose()
-        reason = str(exc.orig).strip().splitlines()[0]
-        pytest.skip(f"PostgreSQL does not answer at {POSTGRES_URL}: {reason}")
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
-    """An empty database: a SQLite file in a folder not made yet, or a fresh PostgreSQL db."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'data' / 'galmet.sqlite3'}"
-        return
-    admin: Engine = request.getfixturevalue("postgres_admin")
-    name = f"galmet_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        # Left as plain postgresql://: the service must pick psycopg 3 by itself.
-        yield (
-            normalize_url(POSTGRES_URL)
-            .set(drivername="postgresql", database=name)
-            .render_as_string(hide_password=False)
-        )
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture
@@ -145,13 +99,12 @@ def test_upgrade_creates_the_tables_and_is_idempotent(database_url):
     upgrade(database_url)  # a second run changes nothing and does not fail
     engine = make_engine(database_url)
     try:
-        assert {"predictions", "cutouts", "alembic_version"} <= set(
-            inspect(engine).get_table_names()
-        )
+        tables = {"predictions", "cutouts", "jobs", "job_chunks", "job_targets"}
+        assert tables | {"alembic_version"} <= set(inspect(engine).get_table_names())
         with engine.connect() as connection:
             current = MigrationContext.configure(connection).get_current_revision()
         head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
-        assert current == head == "0001"
+        assert current == head == "0002"
     finally:
         engine.dispose()
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from app.metrics import observe_batch
 from training.augment import TTA_TRANSFORMS
 from training.model import Predictor
 
@@ -311,7 +312,9 @@ class InferenceEngine:
             _fail(batch, EngineClosed("the inference engine was stopped during this batch"))
             raise
         finally:
-            self.stats.busy_seconds += time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            self.stats.busy_seconds += elapsed
+        observe_batch(len(batch), elapsed)
         self.stats.batches += 1
         self.stats.images += len(batch)
         self.stats.batch_sizes[len(batch)] += 1

@@ -32,11 +32,22 @@ class Settings(BaseSettings):
     skyserver_url: str = DEFAULT_SKYSERVER_URL
     skyserver_timeout: float = 30.0  # seconds per attempt
     skyserver_retries: int = 3  # after the first attempt, with backoff
+    skyserver_rate: float = 10.0  # requests per second per process, to be polite; 0: no limit
     model: Path | None = None  # checkpoint; unset: the mock-sky demo model
     device: str = "auto"
     tta: int | None = None  # 1, 2, 4 or 8; unset: 8 on a GPU, TTA_CPU on the CPU
     max_upload_bytes: int = 5_000_000
     max_job_targets: int = 100_000
+    max_job_bytes: int = 20_000_000  # an uploaded target list (CSV, JSON or VOTable)
+    # Batch jobs are cut into chunks; a chunk's targets share one batched forward pass.
+    job_chunk_size: int = 128
+    # A chunk whose runner has not been heard of for this long (its message lost with a Redis
+    # restart, its worker killed) is sent again; runners beat every third of it.
+    job_stall_seconds: float = 120.0
+    job_sweep_seconds: float = 15.0  # how often the API looks for such chunks
+    fetch_concurrency: int = 8  # cutouts fetched at once per chunk
+    log_json: bool = False  # JSON log lines (job and chunk ids as fields)
+    worker_metrics_port: int | None = None  # worker pool process k serves metrics on port + k
     # Micro-batching of the inference engine.
     batch_size: int = 64
     batch_wait_ms: float = 5.0
@@ -54,6 +65,29 @@ class Settings(BaseSettings):
         if value is not None and value not in (1, 2, 4, 8):
             raise ValueError("GALMET_TTA must be 1, 2, 4 or 8")
         return value
+
+
+def checked_settings() -> Settings:
+    """The settings from the environment, or a ``GalmetError`` naming the bad one (for the
+    command line: one line, no traceback)."""
+    from pydantic import ValidationError
+    from sqlalchemy.exc import ArgumentError
+
+    from app.db import normalize_url
+    from galmet.errors import GalmetError
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise GalmetError(f"bad GALMET_{str(first['loc'][0]).upper()}: {first['msg']}") from None
+    try:
+        normalize_url(settings.database_url)
+    except ArgumentError as exc:
+        raise GalmetError(f"bad GALMET_DATABASE_URL: {exc}") from None
+    if settings.model is not None and not settings.model.exists():
+        raise GalmetError(f"GALMET_MODEL={settings.model} does not exist")
+    return settings
 
 
 @lru_cache

@@ -1,0 +1,160 @@
+"""Batch jobs: submit a target list, follow its progress, fetch its results."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterator
+from typing import Literal
+
+from anyio import to_thread
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from app.api.deps import ServiceDep
+from app.results import results_csv, results_json, results_votable
+from app.schemas import ErrorOut, JobOut, TargetIn
+from app.service import ApiError
+
+router = APIRouter(tags=["jobs"])
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_SUBMIT_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {"type": "array", "items": TargetIn.model_json_schema()},
+            "example": [{"ra": 150.1, "dec": 2.2, "id": "a"}, {"ra": "10:00:24", "dec": "+02:12"}],
+        },
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"file": {"type": "string", "format": "binary"}},
+                "required": ["file"],
+            },
+            "encoding": {"file": {"contentType": "text/csv, application/x-votable+xml"}},
+        },
+        "text/csv": {"schema": {"type": "string"}, "example": "id,ra,dec\na,150.1,2.2\n"},
+    },
+}
+
+
+def _links(request: Request, job_id: str) -> dict[str, str]:
+    base = str(request.url_for("job_status", job_id=job_id))
+    return {"self": base, "results": f"{base}/results"}
+
+
+def _check_id(job_id: str) -> str:
+    if not _UUID.fullmatch(job_id.lower()):
+        raise ApiError(404, f"no job {job_id!r}: job ids are UUIDs")
+    return job_id.lower()
+
+
+@router.post(
+    "/jobs",
+    status_code=202,
+    response_model=JobOut,
+    openapi_extra={"requestBody": _SUBMIT_BODY},
+    responses={
+        400: {"model": ErrorOut, "description": "unreadable file"},
+        413: {"model": ErrorOut, "description": "too many targets, or file too large"},
+        415: {"model": ErrorOut, "description": "not JSON, CSV or VOTable"},
+        422: {"model": ErrorOut, "description": "no targets, or no ra/dec columns"},
+        503: {"model": ErrorOut, "description": "the broker did not answer"},
+    },
+)
+async def submit_job(request: Request, service: ServiceDep) -> JSONResponse:
+    """Submit targets as a JSON list, a CSV or VOTable file upload (form field ``file``), or a
+    CSV body. Columns ``ra``, ``dec`` and optionally ``id``. Every row is kept: bad rows are
+    reported in the results, the others predicted. Returns 202 with the job's status."""
+    settings = service.settings
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "multipart/form-data":
+        form = await request.form(max_files=1, max_fields=10)
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise ApiError(422, "the form needs a file field named 'file'")
+        if upload.size is not None and upload.size > settings.max_job_bytes:
+            raise ApiError(413, f"the file is larger than {settings.max_job_bytes} bytes")
+        status = await service.create_job(
+            upload.file, filename=upload.filename, content_type=upload.content_type
+        )
+    else:
+        body = await _read_capped(request, settings.max_job_bytes)
+        status = await service.create_job(io.BytesIO(body), filename=None, content_type=kind)
+    status["links"] = _links(request, status["id"])
+    return JSONResponse(
+        JobOut(**status).model_dump(mode="json"),
+        status_code=202,
+        headers={"Location": status["links"]["self"]},
+    )
+
+
+@router.get(
+    "/jobs/{job_id}",
+    response_model=JobOut,
+    name="job_status",
+    responses={404: {"model": ErrorOut, "description": "no such job"}},
+)
+async def job_status(job_id: str, request: Request, service: ServiceDep) -> JobOut:
+    """Status, counts (queued, done, failed, invalid) and progress of a job."""
+    status = await service.job_status(_check_id(job_id))
+    return JobOut(**status, links=_links(request, status["id"]))
+
+
+@router.get(
+    "/jobs/{job_id}/results",
+    responses={
+        200: {
+            "description": "one row per input row: a prediction or the reason there is none",
+            "content": {"text/csv": {}, "application/x-votable+xml": {}},
+        },
+        404: {"model": ErrorOut, "description": "no such job"},
+    },
+)
+async def job_results(
+    job_id: str,
+    service: ServiceDep,
+    format: Literal["json", "csv", "votable"] = Query("json", description="json, csv or votable"),
+) -> Response:
+    """Every input row, in input order, with its prediction or the reason it has none
+    (unanswered rows of a running job show ``queued``)."""
+    job_id = _check_id(job_id)
+    status, rows = await service.job_results(job_id)
+    name = f"galmet-{job_id}"
+    if format == "csv":
+        return StreamingResponse(
+            _grouped(results_csv(rows)),
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{name}.csv"'},
+        )
+    if format == "votable":
+        meta = {k: status[k] for k in ("id", "status", "model_version", "tta", "n_targets")}
+        # astropy's writer takes seconds for a large job: off the event loop.
+        return Response(
+            await to_thread.run_sync(results_votable, rows, meta),
+            media_type="application/x-votable+xml",
+            headers={"Content-Disposition": f'attachment; filename="{name}.vot"'},
+        )
+    return StreamingResponse(_grouped(results_json(rows)), media_type="application/json")
+
+
+def _grouped(lines: Iterator[str], size: int = 500) -> Iterator[str]:
+    """Lines joined in groups: a streamed response hops threads once per item, not per row."""
+    group: list[str] = []
+    for line in lines:
+        group.append(line)
+        if len(group) >= size:
+            yield "".join(group)
+            group = []
+    if group:
+        yield "".join(group)
+
+
+async def _read_capped(request: Request, limit: int) -> bytes:
+    data = bytearray()
+    async for part in request.stream():
+        data += part
+        if len(data) > limit:
+            raise ApiError(413, f"the request body is larger than {limit} bytes")
+    return bytes(data)

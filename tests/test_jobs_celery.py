@@ -1,0 +1,299 @@
+"""Batch jobs through Celery: the API over loopback, real ``galmet worker`` subprocesses,
+real Redis and PostgreSQL, the mock SkyServer; and the faults the design promises to survive.
+
+Skipped with the reason when PostgreSQL or Redis does not answer (``.ci/run`` starts both).
+The Redis-restart test runs its own ``redis-server`` so it never restarts the shared one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from tests.helpers import service
+from tests.test_jobs import API, mock_stats, results, submit, targets_csv, wait
+from training.mock_skyserver import Faults, serve_in_thread
+from training.mock_skyserver import create_app as create_mock
+
+SHARED_REDIS = "redis://127.0.0.1:6379/15"  # a database number of its own, flushed per test
+pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+
+
+def redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=2).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture
+def broker() -> Iterator[str]:
+    if not redis_answers(SHARED_REDIS):
+        pytest.skip(f"Redis does not answer at {SHARED_REDIS}")
+    import redis
+
+    redis.Redis.from_url(SHARED_REDIS).flushdb()
+    yield SHARED_REDIS
+    redis.Redis.from_url(SHARED_REDIS).flushdb()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Worker:
+    """A ``galmet worker`` subprocess in a process group of its own (so SIGKILL takes its
+    pool processes too), configured like the API."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str], name: str) -> None:
+        self.log = tmp_path / f"{name}.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "galmet", "worker", "--concurrency", "1", "--name", name],
+            env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def kill(self) -> None:
+        assert self.proc.poll() is None, f"the worker had already exited:\n{self.text()}"
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(30)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def settings(tiny_model, skyserver, database_url, broker_url, tmp_path) -> dict:
+    """The settings API and workers share (as GALMET_* for the workers)."""
+    return {
+        "database_url": database_url,
+        "broker_url": broker_url,
+        "model": str(tiny_model),
+        "skyserver_url": skyserver,
+        "device": "cpu",
+        "tta": "2",
+        "cache_dir": str(tmp_path),
+        "skyserver_retries": "1",
+        "skyserver_timeout": "1.0",
+        "skyserver_rate": "0",
+        "job_stall_seconds": "3",
+        "log_json": "true",
+    }
+
+
+def env_of(values: dict) -> dict[str, str]:
+    return {f"GALMET_{k.upper()}": str(v) for k, v in values.items()}
+
+
+def api_service(tiny_model, values: dict, tmp_path, **extra):
+    overrides = {
+        k: values[k] for k in ("broker_url", "skyserver_rate", "job_stall_seconds", "log_json")
+    }
+    return service(
+        tiny_model,
+        values["skyserver_url"],
+        values["database_url"],
+        tmp_path,
+        job_sweep_seconds=0.5,
+        **overrides,
+        **extra,
+    )
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def counts(api: str, job_id: str) -> dict:
+    return httpx.get(f"{api}{API}/jobs/{job_id}", timeout=10).json()["counts"]
+
+
+def rows_in_db(database_url: str, job_id: str) -> tuple[int, int]:
+    """(rows, distinct row numbers) of the job in the database."""
+    engine = sa.create_engine(database_url)
+    with engine.connect() as conn:
+        n, distinct = conn.execute(
+            sa.text("SELECT count(*), count(DISTINCT row) FROM job_targets WHERE job_id = :j"),
+            {"j": job_id},
+        ).one()
+    engine.dispose()
+    return n, distinct
+
+
+def max_attempts(database_url: str, job_id: str) -> int:
+    engine = sa.create_engine(database_url)
+    with engine.connect() as conn:
+        n = conn.execute(
+            sa.text("SELECT max(attempts) FROM job_chunks WHERE job_id = :j"), {"j": job_id}
+        ).scalar()
+    engine.dispose()
+    return n
+
+
+def test_celery_job_in_three_formats_then_from_cache(
+    tiny_model,
+    mock_sky,
+    mock_skyserver,
+    database_url,
+    broker,
+    tmp_path,
+):
+    values = settings(tiny_model, mock_skyserver, database_url, broker, tmp_path)
+    text, rows = targets_csv(mock_sky, 200)
+    with api_service(tiny_model, values, tmp_path, job_chunk_size=50) as api:
+        ready = httpx.get(f"{api}{API}/readyz").json()
+        assert ready["checks"]["broker"] == "ok", ready
+        worker = Worker(tmp_path, env_of(values), "w1")
+        try:
+            before = mock_stats(mock_skyserver)["getjpeg"]
+            job = submit(api, text).json()
+            done = wait(api, job["id"], timeout=180)
+            assert done["counts"] == {"queued": 0, "done": 200, "failed": 0, "invalid": 3}
+            assert mock_stats(mock_skyserver)["getjpeg"] - before == 200
+            got = results(api, job["id"])
+            for name in ("json", "csv", "votable"):
+                assert len(got[name]) == 203, name
+            assert [r["id"] for r in got["json"]] == [r["id"] for r in rows]
+            assert all(7 < r["oh_p50"] < 11 for r in got["json"] if r["status"] == "done")
+
+            # Resubmitted: from the cache, without SkyServer.
+            before = mock_stats(mock_skyserver)["getjpeg"]
+            again = wait(api, submit(api, text).json()["id"], timeout=120)
+            assert again["counts"]["done"] == 200
+            assert mock_stats(mock_skyserver)["getjpeg"] == before
+            assert all(r["cached"] for r in results(api, again["id"])["json"][:3] if r["cached"])
+            metrics = httpx.get(f"{api}/metrics").text
+            assert "galmet_queue_depth 0.0" in metrics
+        finally:
+            worker.stop()
+    log = worker.text()
+    assert f'"job_id": "{job["id"]}"' in log and '"chunk": 3' in log, log[-2000:]
+
+
+def test_a_killed_worker_loses_nothing(
+    tiny_model, mock_sky, database_url, broker, tmp_path, caplog
+):
+    text, _ = targets_csv(mock_sky, 100, bad=False)
+    with serve_in_thread(create_mock(mock_sky, Faults(latency=0.15))) as slow:
+        values = settings(tiny_model, slow, database_url, broker, tmp_path)
+        with api_service(tiny_model, values, tmp_path, job_chunk_size=10) as api:
+            first = Worker(tmp_path, env_of(values), "first")
+            job = submit(api, text).json()
+            wait_for(lambda: counts(api, job["id"])["done"] >= 10, 120, "the first chunk")
+            first.kill()  # SIGKILL, mid-job: its chunk in flight is never acknowledged
+            left = counts(api, job["id"])["queued"]
+            assert left > 0, "the job finished before the kill; make it slower"
+            assert httpx.get(f"{api}{API}/healthz").status_code == 200
+            second = Worker(tmp_path, env_of(values), "second")
+            try:
+                done = wait(api, job["id"], timeout=180)
+                rows = results(api, job["id"])["json"]
+            finally:
+                second.stop()
+    assert done["counts"] == {"queued": 0, "done": 100, "failed": 0, "invalid": 0}
+    assert [r["row"] for r in rows] == list(range(1, 101))
+    assert rows_in_db(database_url, job["id"]) == (100, 100)
+    # The chunk the killed worker held was noticed and run again.
+    assert "lost chunks again" in caplog.text
+    assert max_attempts(database_url, job["id"]) >= 2
+
+
+def test_a_redis_restart_mid_job_loses_nothing(
+    tiny_model, mock_sky, database_url, tmp_path, caplog
+):
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed: cannot run a private Redis to restart")
+    port = free_port()
+    command = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+               "no", "--dir", str(tmp_path)]  # fmt: skip
+
+    def start_redis() -> subprocess.Popen:
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        wait_for(lambda: redis_answers(f"redis://127.0.0.1:{port}/0"), 20, "redis")
+        return proc
+
+    redis_proc = start_redis()
+    text, _ = targets_csv(mock_sky, 100, bad=False)
+    try:
+        with serve_in_thread(create_mock(mock_sky, Faults(latency=0.15))) as slow:
+            values = settings(
+                tiny_model, slow, database_url, f"redis://127.0.0.1:{port}/0", tmp_path
+            )
+            with api_service(tiny_model, values, tmp_path, job_chunk_size=10) as api:
+                worker = Worker(tmp_path, env_of(values), "w")
+                try:
+                    job = submit(api, text).json()
+                    wait_for(lambda: counts(api, job["id"])["done"] >= 10, 120, "a chunk")
+                    # Redis goes away with every queued message (it keeps nothing on disk).
+                    redis_proc.kill()
+                    redis_proc.wait(10)
+                    down = httpx.get(f"{api}{API}/readyz", timeout=30)
+                    assert down.status_code == 503 and "error" in down.json()["checks"]["broker"]
+                    assert httpx.get(f"{api}{API}/healthz").status_code == 200
+                    redis_proc = start_redis()
+                    done = wait(api, job["id"], timeout=180)
+                    rows = results(api, job["id"])["json"]
+                finally:
+                    worker.stop()
+    finally:
+        redis_proc.kill()
+        redis_proc.wait(10)
+    assert done["counts"]["done"] == 100 and done["counts"]["queued"] == 0
+    assert [r["row"] for r in rows] == list(range(1, 101))
+    assert rows_in_db(database_url, job["id"]) == (100, 100)
+    assert "lost chunks again" in caplog.text  # the queued messages died with Redis
+
+
+def test_skyserver_failures_through_the_worker(
+    tiny_model,
+    mock_sky,
+    database_url,
+    broker,
+    tmp_path,
+):
+    text, _ = targets_csv(mock_sky, 40, bad=False)
+    faults = Faults(fail_rate=0.5, timeout_rate=0.1, hang_seconds=3, seed=5)
+    with serve_in_thread(create_mock(mock_sky, faults)) as flaky:
+        values = settings(tiny_model, flaky, database_url, broker, tmp_path)
+        values["skyserver_timeout"] = "0.5"
+        with api_service(tiny_model, values, tmp_path, job_chunk_size=20) as api:
+            worker = Worker(tmp_path, env_of(values), "w")
+            try:
+                done = wait(api, submit(api, text).json()["id"], timeout=180)
+                rows = results(api, done["id"])["json"]
+            finally:
+                worker.stop()
+    c = done["counts"]
+    assert c["failed"] > 0 and c["done"] > 0 and c["done"] + c["failed"] == 40
+    reasons = {r["reason"].split(":")[0] for r in rows if r["status"] == "failed"}
+    assert reasons <= {"502", "504"} and "502" in reasons

@@ -1,0 +1,251 @@
+"""One chunk of a batch job: the unit of work of both executors.
+
+``run_chunk(service, job_id, chunk)`` is the same code whether a Celery worker runs it (its
+process holds a ``Service`` of its own) or the API runs it in-process (no broker): targets
+already answered are skipped, cached predictions are taken from the cache without touching
+SkyServer or the model, the missing cutouts are fetched concurrently (the SkyServer client
+bounds concurrency and rate and retries upstream failures), all the chunk's images go through
+the inference engine together (one batched TTA forward pass per ``batch_size`` images), and
+each result is upserted and its target pointed at it. Every write is idempotent, so a chunk
+re-run after a lost worker or a lost message leaves each row exactly once, with the same
+answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from app import cache
+from app.images import centre_has_source
+from app.metrics import JOB_TARGETS
+from app.models import Job, JobChunk, JobTarget
+from app.service import ApiError, Service
+from training.preprocess import decode_image
+
+log = logging.getLogger("galmet.jobs")
+
+
+@dataclass
+class ChunkOutcome:
+    """What one run of a chunk did (for logs, metrics and tests)."""
+
+    job_id: str
+    chunk: int
+    skipped: int = 0  # already answered by an earlier run
+    cached: int = 0  # answered from the prediction cache
+    predicted: int = 0  # run through the model
+    failed: int = 0
+    seconds: float = 0.0
+    inference_seconds: float = 0.0
+    job_finished: bool = False
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def run_chunk(service: Service, job_id: str, chunk: int) -> ChunkOutcome:
+    """Answer every queued target of chunk ``chunk`` of job ``job_id``; see the module doc."""
+    started = time.perf_counter()
+    out = ChunkOutcome(job_id, chunk)
+    extra = {"job_id": job_id, "chunk": chunk}
+    job, targets, total = await service.run_db(_begin, job_id, chunk)
+    if job is None:
+        log.warning("job %s is gone; chunk %d dropped", job_id, chunk, extra=extra)
+        return out
+    out.skipped = total - len(targets)
+    heartbeat = asyncio.create_task(_heartbeat(service, job_id, chunk))
+    try:
+        results = await _answer(service, job, targets, out)
+        out.job_finished = await service.run_db(_finish, job_id, chunk, results)
+    finally:
+        heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
+    out.seconds = time.perf_counter() - started
+    for outcome in ("predicted", "cached", "failed"):
+        JOB_TARGETS.labels(outcome).inc(getattr(out, outcome))
+    log.info(
+        "chunk %d of job %s: %d predicted, %d cached, %d failed, %d skipped in %.2f s",
+        chunk,
+        job_id,
+        out.predicted,
+        out.cached,
+        out.failed,
+        out.skipped,
+        out.seconds,
+        extra={**extra, "predicted": out.predicted, "cached": out.cached, "failed": out.failed},
+    )
+    if out.job_finished:
+        log.info("job %s finished", job_id, extra={"job_id": job_id})
+    return out
+
+
+# ---------------------------------------------------------------------------- the work
+@dataclass
+class _Result:
+    """A target's outcome: ``(status, reason, cached, prediction_id)``."""
+
+    status: str
+    reason: str | None = None
+    cached: bool | None = None
+    prediction_id: int | None = None
+
+
+async def _answer(
+    service: Service, job: Job, targets: list[JobTarget], out: ChunkOutcome
+) -> dict[int, _Result]:
+    model = service._model()
+    results: dict[int, _Result] = {}
+    if job.model_version != model.version:
+        reason = (
+            f"this worker runs model {model.version[:12]}, the job was submitted for "
+            f"{job.model_version[:12]}: run workers with the API's checkpoint"
+        )
+        for t in targets:
+            results[t.id] = _Result("failed", reason)
+        out.failed = len(targets)
+        return results
+
+    # 1. The cache, in one session: no SkyServer, no model.
+    hits = await service.run_db(_cached, [(t.id, t.ra, t.dec) for t in targets], job)
+    for target_id, prediction_id in hits.items():
+        results[target_id] = _Result("done", cached=True, prediction_id=prediction_id)
+    out.cached = len(hits)
+    todo = [t for t in targets if t.id not in hits]
+
+    # 2. Cutouts, fetched concurrently (the client bounds how many at once).
+    async def image(t: JobTarget):
+        try:
+            jpeg = await service.cutout(t.ra, t.dec)
+            return decode_image(jpeg, model.checkpoint.input_size)
+        except ApiError as exc:
+            return exc
+        except ValueError as exc:  # a cutout that will not decode
+            return ApiError(502, f"SkyServer sent an unreadable cutout: {exc}")
+
+    images = await asyncio.gather(*(image(t) for t in todo))
+    ready = []
+    for t, pixels in zip(todo, images, strict=True):
+        if isinstance(pixels, ApiError):
+            results[t.id] = _Result("failed", f"{pixels.status}: {pixels.detail}")
+            out.failed += 1
+        else:
+            ready.append((t, pixels))
+    if not ready:
+        return results
+
+    # 3. One batched TTA pass for the chunk, then idempotent upserts.
+    started = time.perf_counter()
+    records = await service.predict_images([p for _, p in ready], job.tta)
+    out.inference_seconds = time.perf_counter() - started
+    stored = await service.run_db(_store, ready, records, job)
+    for t, _ in ready:
+        results[t.id] = _Result("done", cached=False, prediction_id=stored[t.id])
+    out.predicted = len(ready)
+    return results
+
+
+async def _heartbeat(service: Service, job_id: str, chunk: int) -> None:
+    """Tell the API this chunk is alive, so it is not sent again while it runs."""
+    interval = max(service.settings.job_stall_seconds / 3, 0.05)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await service.run_db(_touch, job_id, chunk)
+        except Exception:  # a missed beat is harmless; the next one may get through
+            log.warning("heartbeat of chunk %d of job %s failed", chunk, job_id, exc_info=True)
+
+
+# ---------------------------------------------------------------------------- database steps
+def _begin(session: Session, job_id: str, chunk: int) -> tuple[Job | None, list[JobTarget], int]:
+    job = session.get(Job, job_id)
+    if job is None:
+        return None, [], 0
+    stamp = now()
+    session.execute(
+        update(JobChunk)
+        .where(JobChunk.job_id == job_id, JobChunk.chunk == chunk)
+        .values(attempts=JobChunk.attempts + 1, heartbeat_at=stamp)
+    )
+    session.commit()
+    rows = session.scalars(
+        select(JobTarget)
+        .where(JobTarget.job_id == job_id, JobTarget.chunk == chunk)
+        .order_by(JobTarget.row)
+    ).all()
+    session.expunge_all()
+    return job, [t for t in rows if t.status == "queued"], len(rows)
+
+
+def _touch(session: Session, job_id: str, chunk: int) -> None:
+    session.execute(
+        update(JobChunk)
+        .where(JobChunk.job_id == job_id, JobChunk.chunk == chunk)
+        .values(heartbeat_at=now())
+    )
+    session.commit()
+
+
+def _cached(session: Session, targets: list[tuple[int, float, float]], job: Job) -> dict[int, int]:
+    hits = {}
+    for target_id, ra, dec in targets:
+        row = cache.find_sky(session, ra, dec, job.model_version, job.tta)
+        if row is not None:
+            hits[target_id] = row.id
+    return hits
+
+
+def _store(session: Session, ready: list, records: list[dict], job: Job) -> dict[int, int]:
+    stored = {}
+    for (t, pixels), record in zip(ready, records, strict=True):
+        flags = [] if centre_has_source(pixels) else ["no_source_at_centre"]
+        row = cache.store_prediction(
+            session,
+            model_version=job.model_version,
+            tta=job.tta,
+            flags=flags,
+            ra=t.ra,
+            dec=t.dec,
+            **record,
+        )
+        stored[t.id] = row.id
+    return stored
+
+
+def _finish(session: Session, job_id: str, chunk: int, results: dict[int, _Result]) -> bool:
+    """Record the outcomes (only over rows still queued) and close the chunk, and the job when
+    this was its last queued work. Returns whether the job is finished."""
+    for target_id, r in results.items():
+        session.execute(
+            update(JobTarget)
+            .where(JobTarget.id == target_id, JobTarget.status == "queued")
+            .values(
+                status=r.status, reason=r.reason, cached=r.cached, prediction_id=r.prediction_id
+            )
+        )
+    stamp = now()
+    session.execute(
+        update(JobChunk)
+        .where(JobChunk.job_id == job_id, JobChunk.chunk == chunk)
+        .values(finished_at=stamp, heartbeat_at=stamp)
+    )
+    left = session.scalar(
+        select(func.count())
+        .select_from(JobTarget)
+        .where(JobTarget.job_id == job_id, JobTarget.status == "queued")
+    )
+    if left == 0:
+        session.execute(
+            update(Job).where(Job.id == job_id, Job.finished_at.is_(None)).values(finished_at=stamp)
+        )
+    session.commit()
+    return left == 0
