@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("galmet.jobs")
 
 _INSERT_BATCH = 2000  # rows per INSERT while a job is written
+#: A chunk started this often without finishing is given up: its targets end failed.
+MAX_ATTEMPTS = 5
 
 
 # ---------------------------------------------------------------------------- writing a job
@@ -229,6 +231,42 @@ def stalled_chunks(session: Session, stall_seconds: float, queue_empty: bool) ->
     return [(job_id, chunk) for job_id, chunk in found]
 
 
+def give_up(session: Session, chunks: list[tuple[str, int]], max_attempts: int) -> list:
+    """Of ``chunks``, those started ``max_attempts`` times already: their unanswered targets
+    end ``failed`` (a chunk that kills its worker every time must not stall its job forever).
+    Returns the chunks given up."""
+    given_up = []
+    for job_id, chunk in chunks:
+        c = session.get(JobChunk, (job_id, chunk))
+        if c is None or c.attempts < max_attempts:
+            continue
+        session.execute(
+            update(JobTarget)
+            .where(JobTarget.job_id == job_id, JobTarget.chunk == chunk)
+            .where(JobTarget.status == "queued")
+            .values(
+                status="failed",
+                reason=f"500: the chunk was started {c.attempts} times and never finished; "
+                "see the worker logs",
+            )
+        )
+        c.finished_at = now()
+        left = session.scalar(
+            select(func.count())
+            .select_from(JobTarget)
+            .where(JobTarget.job_id == job_id, JobTarget.status == "queued")
+        )
+        if left == 0:
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.finished_at.is_(None))
+                .values(finished_at=now())
+            )
+        given_up.append((job_id, chunk))
+    session.commit()
+    return given_up
+
+
 def mark_enqueued(session: Session, chunks: list[tuple[str, int]]) -> None:
     """Stamp chunks as just sent: waiting for a runner again."""
     stamp = now()
@@ -362,6 +400,10 @@ class CeleryJobs:
             return 0  # the broker is down: nothing can be sent now anyway
         stall = self.service.settings.job_stall_seconds
         chunks = await self.service.run_db(stalled_chunks, stall, depth == 0)
+        dead = await self.service.run_db(give_up, chunks, MAX_ATTEMPTS)
+        if dead:
+            log.error("giving up on %d chunks that never finished: %s", len(dead), dead)
+        chunks = [c for c in chunks if c not in dead]
         if chunks:
             log.warning("sending %d lost chunks again", len(chunks))
             await self.service.run_db(mark_enqueued, chunks)

@@ -237,3 +237,64 @@ def test_metrics_and_readiness(api, mock_sky):
         "galmet_images_per_second",
     ):
         assert name in text, name
+
+
+# ---------------------------------------------------------------------------- lost chunks
+def _job_in(database_url: str, n: int = 5, chunk_size: int = 2):
+    from app import db, jobs
+    from app.targets import TargetRow
+
+    db.upgrade(database_url)
+    sessions = db.sessionmaker_for(db.make_engine(database_url))
+    rows = [TargetRow(i + 1, None, 10.0 + i, 1.0, None) for i in range(n)]
+    with sessions() as session:
+        job = jobs.insert_job(
+            session, rows, model_version="a" * 64, tta=1, chunk_size=chunk_size,
+            source="json", filename=None,
+        )  # fmt: skip
+    return sessions, job
+
+
+def test_stalled_chunks_are_found_by_heartbeat_or_by_an_empty_queue(database_url):
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from app import jobs
+    from app.models import JobChunk
+
+    sessions, job = _job_in(database_url)
+    with sessions() as s:
+        assert jobs.stalled_chunks(s, 60, queue_empty=True) == []  # just sent
+        old = jobs.now() - timedelta(seconds=120)
+        s.execute(update(JobChunk).values(enqueued_at=old))
+        s.execute(update(JobChunk).where(JobChunk.chunk == 1).values(heartbeat_at=old))
+        s.execute(update(JobChunk).where(JobChunk.chunk == 2).values(heartbeat_at=jobs.now()))
+        s.commit()
+        # Chunk 1's runner went quiet; chunk 0 was never picked up; chunk 2 is running.
+        assert jobs.stalled_chunks(s, 60, queue_empty=False) == [(job.id, 1)]
+        assert sorted(jobs.stalled_chunks(s, 60, queue_empty=True)) == [(job.id, 0), (job.id, 1)]
+        jobs.mark_enqueued(s, [(job.id, 0), (job.id, 1)])
+        assert jobs.stalled_chunks(s, 60, queue_empty=True) == []
+
+
+def test_a_chunk_that_never_finishes_is_given_up_with_a_reason(database_url):
+    from sqlalchemy import update
+
+    from app import jobs
+    from app.models import JobChunk
+
+    sessions, job = _job_in(database_url, n=3, chunk_size=2)
+    with sessions() as s:
+        s.execute(update(JobChunk).where(JobChunk.chunk == 0).values(attempts=5))
+        s.commit()
+        assert jobs.give_up(s, [(job.id, 0), (job.id, 1)], max_attempts=5) == [(job.id, 0)]
+        status = jobs.job_status(s, job.id)
+        assert status["counts"] == {"queued": 1, "done": 0, "failed": 2, "invalid": 0}
+        assert status["status"] != "done"
+        rows = jobs.job_results(s, job.id)
+        assert "started 5 times" in rows[0]["reason"] and rows[2]["status"] == "queued"
+        s.execute(update(JobChunk).where(JobChunk.chunk == 1).values(attempts=5))
+        s.commit()
+        jobs.give_up(s, [(job.id, 1)], max_attempts=5)
+        assert jobs.job_status(s, job.id)["status"] == "done"

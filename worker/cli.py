@@ -40,6 +40,7 @@ def main(args: argparse.Namespace) -> int:
             "without one, galmet serve runs jobs in-process"
         )
     setup_logging(args.log_level, settings.log_json)
+    preflight(settings)
     from worker.celery_app import QUEUE
     from worker.tasks import make_worker_app
 
@@ -59,3 +60,19 @@ def main(args: argparse.Namespace) -> int:
         ]
     )
     return 0
+
+
+def preflight(settings) -> None:
+    """Fail at once, in one line, where every chunk would fail later: no GPU where one was
+    asked for, a checkpoint that does not load. The demo model (no GALMET_MODEL) is built here,
+    once, before the pool processes start."""
+    from app.demo import demo_checkpoint
+    from training.model import Checkpoint
+    from training.train import pick_device
+
+    pick_device(settings.device)
+    path = settings.model or demo_checkpoint(settings)
+    try:
+        Checkpoint.load(path)
+    except Exception as exc:  # whatever is wrong with the file, the worker cannot run
+        raise GalmetError(f"cannot load the model {path}: {exc}".splitlines()[0]) from None
