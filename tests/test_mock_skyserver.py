@@ -302,3 +302,22 @@ def test_load_sky_from_simulate_dir(tmp_path, mock_sky):
 def test_load_sky_needs_mock_json(tmp_path):
     with pytest.raises(GalmetError, match="mock.json"):
         load_sky(tmp_path, n=5, seed=0)
+
+
+def test_cutout_cache_renders_each_cutout_once(mock_sky):
+    calls = []
+
+    class Counting:
+        population = mock_sky.population
+
+        def cutout_jpeg(self, *args):
+            calls.append(args)
+            return mock_sky.cutout_jpeg(*args)
+
+    ra, dec = float(mock_sky.catalog()[0]["ra"]), float(mock_sky.catalog()[0]["dec"])
+    params = {"ra": ra, "dec": dec, "scale": 0.396, "width": 64, "height": 64}
+    with serve_in_thread(create_app(Counting(), cutout_cache=10)) as url:
+        first = httpx.get(f"{url}/SkyServerWS/ImgCutout/getjpeg", params=params)
+        again = httpx.get(f"{url}/SkyServerWS/ImgCutout/getjpeg", params=params)
+    assert first.status_code == again.status_code == 200
+    assert first.content == again.content and len(calls) == 1

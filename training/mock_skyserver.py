@@ -57,6 +57,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import hashlib
 import math
 import os
@@ -360,18 +361,22 @@ def create_app(
     faults: Faults | None = None,
     max_rows: int = MAX_ROWS,
     render_threads: int | None = None,
+    cutout_cache: int = 0,
 ) -> Starlette:
     """The mock SkyServer as an ASGI app serving ``sky`` (a :class:`MockSky`; the SQL side
     needs only its ``population``).
 
     Cutouts render in worker threads, so ``sky.cutout_jpeg`` must be thread-safe;
     ``render_threads`` bounds how many render at once (default: the CPU count).
-    ``max_rows`` is the row limit of one SQL query.
+    ``max_rows`` is the row limit of one SQL query. ``cutout_cache`` keeps that many rendered
+    cutouts in memory (rendering is deterministic), so that a benchmark that asks for the same
+    cutouts again measures the client, not GalSim.
     """
     faults = faults or Faults()
     state = _MockState(faults)
     db = SkySQL(sky.population, max_rows=max_rows)
     limiter = anyio.CapacityLimiter(render_threads or os.cpu_count() or 4)
+    render = functools.lru_cache(cutout_cache)(sky.cutout_jpeg) if cutout_cache else sky.cutout_jpeg
 
     async def injected(request: Request, endpoint: str) -> tuple[Response | None, bool]:
         """Count the request and apply latency/hang/failure. Returns an early answer (or
@@ -412,7 +417,7 @@ def create_app(
         except _BadParameter as exc:
             return skyserver_error(400, str(exc), state.requests.total())
         jpeg = await anyio.to_thread.run_sync(
-            sky.cutout_jpeg, ra, dec, scale, width, height, limiter=limiter
+            render, ra, dec, scale, width, height, limiter=limiter
         )
         if truncate:
             state.injected["truncate"] += 1
@@ -559,6 +564,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every answer")
     parser.add_argument(
+        "--cutout-cache",
+        type=int,
+        default=0,
+        help="keep this many rendered cutouts in memory (benchmarks; default 0)",
+    )
+    parser.add_argument(
         "--truncate-rate", type=float, default=0.0, help="fraction of JPEGs cut short"
     )
     parser.add_argument(
@@ -603,7 +614,7 @@ def main(args: argparse.Namespace) -> int:
     print("building the mock sky ...", file=sys.stderr)
     try:
         sky = load_sky(args.data, args.n, args.seed)
-        app = create_app(sky, faults=faults)
+        app = create_app(sky, faults=faults, cutout_cache=args.cutout_cache)
     except BaseException:
         sock.close()
         raise
