@@ -95,8 +95,27 @@ def find_image(session: Session, sha256: str, model_version: str, tta: int) -> P
     ).one_or_none()
 
 
-def store_prediction(
-    session: Session,
+def store_prediction(session: Session, **item: Any) -> Prediction:
+    """Cache a prediction for a sky position (``ra``, ``dec``) or an image (``image_sha256``).
+
+    Keywords: ``model_version``, ``tta``, ``outputs``, ``sigma``, ``tta_spread``, optional
+    ``flags``, and the key: ``ra`` and ``dec``, or ``image_sha256`` (``kind``, "sky" or
+    "image", may be given to state which; it must agree with the key). Idempotent and safe
+    under concurrency: when the key is already cached (by an earlier or a concurrent call)
+    nothing is written and the cached row is returned. Commits.
+    """
+    return store_predictions(session, [item])[0]
+
+
+def store_predictions(session: Session, items: Sequence[dict[str, Any]]) -> list[Prediction]:
+    """``store_prediction`` for many at once: one INSERT, one commit; rows in ``items`` order."""
+    values = [_prediction_values(**item) for item in items]
+    unique = ("target_key", "model_version", "tta")
+    _insert_once(session, Prediction, values, unique)
+    return _rows_by_key(session, Prediction, values, unique)
+
+
+def _prediction_values(
     *,
     model_version: str,
     tta: int,
@@ -108,13 +127,7 @@ def store_prediction(
     dec: float | None = None,
     image_sha256: str | None = None,
     kind: str | None = None,
-) -> Prediction:
-    """Cache a prediction for a sky position (``ra``, ``dec``) or an image (``image_sha256``).
-
-    ``kind`` ("sky" or "image") may be given to state which; it must agree with the key.
-    Idempotent and safe under concurrency: when the key is already cached (by an earlier or
-    a concurrent call) nothing is written and the cached row is returned. Commits.
-    """
+) -> dict[str, Any]:
     if tta not in TTA_LEVELS:
         raise ValueError(f"tta must be one of {TTA_LEVELS}, not {tta!r}")
     if kind not in (None, "image" if image_sha256 is not None else "sky"):
@@ -128,7 +141,7 @@ def store_prediction(
             raise ValueError("give either ra and dec, or image_sha256, not both")
         image_sha256 = _check_sha256(image_sha256)
         kind, target_key = "image", f"img:{image_sha256}"
-    values = {
+    return {
         "kind": kind,
         "target_key": target_key,
         "ra": ra,
@@ -141,11 +154,6 @@ def store_prediction(
         "tta_spread": dict(tta_spread),
         "flags": list(flags),
     }
-    unique = ("target_key", "model_version", "tta")
-    _insert_once(session, Prediction, values, unique)
-    return session.scalars(
-        select(Prediction).filter_by(**{name: values[name] for name in unique})
-    ).one()
 
 
 def get_cutout(session: Session, ra: float, dec: float, scale: float, size: int) -> Cutout | None:
@@ -163,20 +171,48 @@ def store_cutout(
 
     Returns the cached row (an earlier one when the key was taken). Commits.
     """
-    values = {
-        "sky_key": sky_key(ra, dec),
-        "ra": ra,
-        "dec": dec,
-        "scale": scale,
-        "size": size,
-        "jpeg": jpeg,
-        "blank": blank,
-    }
+    return store_cutouts(session, [(ra, dec, scale, size, jpeg, blank)])[0]
+
+
+def store_cutouts(
+    session: Session, items: Sequence[tuple[float, float, float, int, bytes, bool]]
+) -> list[Cutout]:
+    """``store_cutout`` for many ``(ra, dec, scale, size, jpeg, blank)`` at once: one INSERT,
+    one commit; rows in ``items`` order."""
+    values = [
+        {
+            "sky_key": sky_key(ra, dec),
+            "ra": ra,
+            "dec": dec,
+            "scale": scale,
+            "size": size,
+            "jpeg": jpeg,
+            "blank": blank,
+        }
+        for ra, dec, scale, size, jpeg, blank in items
+    ]
     unique = ("sky_key", "scale", "size")
     _insert_once(session, Cutout, values, unique)
-    return session.scalars(
-        select(Cutout).filter_by(**{name: values[name] for name in unique})
-    ).one()
+    return _rows_by_key(session, Cutout, values, unique)
+
+
+def _rows_by_key(
+    session: Session, model: type[Row], values: list[dict[str, Any]], unique: Sequence[str]
+) -> list[Row]:
+    """The rows holding each of ``values``' unique keys, in order."""
+    if not values:
+        return []
+    columns = [getattr(model, name) for name in unique]
+    found: dict[tuple, Row] = {}
+    for start in range(0, len(values), 500):  # keep the IN list a sane size
+        part = values[start : start + 500]
+        conditions = [
+            column.in_({v[name] for v in part})
+            for column, name in zip(columns, unique, strict=True)
+        ]
+        for row in session.scalars(select(model).where(*conditions)):
+            found[tuple(getattr(row, name) for name in unique)] = row
+    return [found[tuple(v[name] for name in unique)] for v in values]
 
 
 def _check_sha256(sha256: str) -> str:
@@ -217,9 +253,9 @@ def _nearest(rows: Sequence[Row], ra: float, dec: float) -> Row | None:
 
 
 def _insert_once(
-    session: Session, model: type[Base], values: dict[str, Any], unique: Sequence[str]
+    session: Session, model: type[Base], values: list[dict[str, Any]], unique: Sequence[str]
 ) -> None:
-    """INSERT … ON CONFLICT (unique) DO NOTHING, then commit.
+    """INSERT … ON CONFLICT (unique) DO NOTHING for each of ``values``, then commit.
 
     The database settles races: a concurrent duplicate waits for the first writer (PostgreSQL)
     or for the write lock (SQLite, busy_timeout) and is then skipped, never an error.
@@ -231,6 +267,7 @@ def _insert_once(
         from sqlalchemy.dialects.sqlite import insert
     else:  # db.normalize_url refuses other databases before any engine exists
         raise ValueError(f"no idempotent insert for the {dialect} database")
-    statement = insert(model).values(**values).on_conflict_do_nothing(index_elements=list(unique))
-    session.execute(statement)
+    if values:
+        statement = insert(model).on_conflict_do_nothing(index_elements=list(unique))
+        session.execute(statement, values)  # executemany: batched into few round trips
     session.commit()

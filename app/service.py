@@ -49,6 +49,16 @@ class ApiError(Exception):
         self.status, self.detail, self.flags = status, detail, flags or []
 
 
+def blank_cutout_error(ra: float, dec: float) -> ApiError:
+    """The 422 for a position whose SDSS cutout is blank."""
+    return ApiError(
+        422,
+        f"the SDSS cutout at RA {ra:.5f}, Dec {dec:.5f} is blank: "
+        "the position is outside the SDSS imaging footprint",
+        ["blank_cutout", "off_footprint"],
+    )
+
+
 @dataclass
 class ModelInfo:
     path: Path
@@ -234,26 +244,27 @@ class Service:
         m = self._model()
         row = await self.run_db(cache.get_cutout, ra, dec, m.fetch_scale, m.fetch_size)
         if row is None:
-            try:
-                jpeg = await self._skyserver().cutout(
-                    ra, dec, scale=m.fetch_scale, width=m.fetch_size, height=m.fetch_size
-                )
-            except SkyServerTimeout as exc:
-                raise ApiError(504, f"SkyServer did not answer in time: {exc.reason}") from None
-            except SkyServerError as exc:
-                raise ApiError(502, f"SkyServer failed: {exc.reason}") from None
-            blank = await to_thread.run_sync(is_blank_cutout, jpeg)
+            jpeg, blank = await self.fetch_cutout(ra, dec)
             row = await self.run_db(
                 cache.store_cutout, ra, dec, m.fetch_scale, m.fetch_size, jpeg, blank
             )
         if row.blank:
-            raise ApiError(
-                422,
-                f"the SDSS cutout at RA {ra:.5f}, Dec {dec:.5f} is blank: "
-                "the position is outside the SDSS imaging footprint",
-                ["blank_cutout", "off_footprint"],
-            )
+            raise blank_cutout_error(ra, dec)
         return row.jpeg
+
+    async def fetch_cutout(self, ra: float, dec: float) -> tuple[bytes, bool]:
+        """The model's cutout from SkyServer (not the cache) and whether it is blank; SkyServer
+        failures are ``ApiError`` 502 or 504."""
+        m = self._model()
+        try:
+            jpeg = await self._skyserver().cutout(
+                ra, dec, scale=m.fetch_scale, width=m.fetch_size, height=m.fetch_size
+            )
+        except SkyServerTimeout as exc:
+            raise ApiError(504, f"SkyServer did not answer in time: {exc.reason}") from None
+        except SkyServerError as exc:
+            raise ApiError(502, f"SkyServer failed: {exc.reason}") from None
+        return jpeg, await to_thread.run_sync(is_blank_cutout, jpeg)
 
     # ------------------------------------------------------------------ batch jobs
     async def create_job(

@@ -441,3 +441,32 @@ def test_concurrent_identical_cutout_stores_leave_one_row(new_session):
     assert len(set(run_together(20, work))) == 1
     with new_session() as session:
         assert count(session, Cutout) == 1
+
+
+def test_bulk_stores_keep_order_and_one_row_per_key(session):
+    from app.cache import store_cutouts, store_predictions
+
+    def item(ra: float, oh: float) -> dict:
+        return {
+            "model_version": MODEL,
+            "tta": 8,
+            "outputs": {"oh_p50": oh},
+            "sigma": {"oh_p50": 0.1},
+            "tta_spread": {"oh_p50": 0.0},
+            "ra": ra,
+            "dec": 1.0,
+        }
+
+    earlier = store_sky(session, 12.0, 1.0)
+    # A duplicate inside the batch, and a key cached before: one row each, first one wins.
+    rows = store_predictions(session, [item(10.0, 9.1), item(11.0, 9.2), item(10.0, 9.3),
+                                       item(12.0, 9.4)])  # fmt: skip
+    assert [r.outputs["oh_p50"] for r in rows] == [9.1, 9.2, 9.1, earlier.outputs["oh_p50"]]
+    assert rows[0].id == rows[2].id and rows[3].id == earlier.id
+    assert count(session, Prediction) == 3
+    assert store_predictions(session, []) == []
+
+    cut = store_cutouts(
+        session, [(10.0, 1.0, 0.4, 64, b"a", False), (10.0, 1.0, 0.4, 64, b"b", True)]
+    )
+    assert [c.jpeg for c in cut] == [b"a", b"a"] and count(session, Cutout) == 1

@@ -20,14 +20,14 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from app import cache
 from app.images import centre_has_source
 from app.metrics import JOB_TARGETS
 from app.models import Job, JobChunk, JobTarget
-from app.service import ApiError, Service
+from app.service import ApiError, Service, blank_cutout_error
 from training.preprocess import decode_image
 
 log = logging.getLogger("galmet.jobs")
@@ -44,7 +44,10 @@ class ChunkOutcome:
     predicted: int = 0  # run through the model
     failed: int = 0
     seconds: float = 0.0
+    cache_seconds: float = 0.0  # looking up cached predictions
+    fetch_seconds: float = 0.0  # cutouts: cache look-ups, SkyServer, decoding
     inference_seconds: float = 0.0
+    store_seconds: float = 0.0  # writing predictions
     job_finished: bool = False
 
 
@@ -82,7 +85,16 @@ async def run_chunk(service: Service, job_id: str, chunk: int) -> ChunkOutcome:
         out.failed,
         out.skipped,
         out.seconds,
-        extra={**extra, "predicted": out.predicted, "cached": out.cached, "failed": out.failed},
+        extra={
+            **extra,
+            "predicted": out.predicted,
+            "cached": out.cached,
+            "failed": out.failed,
+            "seconds": {
+                k: round(getattr(out, f"{k}_seconds"), 3)
+                for k in ("cache", "fetch", "inference", "store")
+            },
+        },
     )
     if out.job_finished:
         log.info("job %s finished", job_id, extra={"job_id": job_id})
@@ -116,38 +128,61 @@ async def _answer(
         return results
 
     # 1. The cache, in one session: no SkyServer, no model.
+    clock = time.perf_counter()
     hits = await service.run_db(_cached, [(t.id, t.ra, t.dec) for t in targets], job)
     for target_id, prediction_id in hits.items():
         results[target_id] = _Result("done", cached=True, prediction_id=prediction_id)
     out.cached = len(hits)
     todo = [t for t in targets if t.id not in hits]
+    out.cache_seconds = time.perf_counter() - clock
 
-    # 2. Cutouts, fetched concurrently (the client bounds how many at once).
-    async def image(t: JobTarget):
+    # 2. Cutouts: the cached ones in one session, the rest fetched concurrently (the client
+    #    bounds how many at once) and stored in one transaction.
+    clock = time.perf_counter()
+    cutouts = await service.run_db(_cutouts, todo, model.fetch_scale, model.fetch_size)
+    missing = [t for t in todo if t.id not in cutouts]
+
+    async def fetch(t: JobTarget):
         try:
-            jpeg = await service.cutout(t.ra, t.dec)
-            return decode_image(jpeg, model.checkpoint.input_size)
+            return await service.fetch_cutout(t.ra, t.dec)
         except ApiError as exc:
             return exc
-        except ValueError as exc:  # a cutout that will not decode
-            return ApiError(502, f"SkyServer sent an unreadable cutout: {exc}")
 
-    images = await asyncio.gather(*(image(t) for t in todo))
+    fetched = await asyncio.gather(*(fetch(t) for t in missing))
+    good = [
+        (t, got) for t, got in zip(missing, fetched, strict=True) if not isinstance(got, ApiError)
+    ]
+    if good:
+        items = [(t.ra, t.dec, model.fetch_scale, model.fetch_size, *got) for t, got in good]
+        rows = await service.run_db(cache.store_cutouts, items)
+        cutouts.update((t.id, row) for (t, _), row in zip(good, rows, strict=True))
+    errors = {
+        t.id: got for t, got in zip(missing, fetched, strict=True) if isinstance(got, ApiError)
+    }
     ready = []
-    for t, pixels in zip(todo, images, strict=True):
-        if isinstance(pixels, ApiError):
-            results[t.id] = _Result("failed", f"{pixels.status}: {pixels.detail}")
-            out.failed += 1
-        else:
-            ready.append((t, pixels))
+    for t in todo:
+        error = errors.get(t.id)
+        if error is None and cutouts[t.id].blank:
+            error = blank_cutout_error(t.ra, t.dec)
+        if error is None:
+            try:
+                ready.append((t, decode_image(cutouts[t.id].jpeg, model.checkpoint.input_size)))
+                continue
+            except ValueError as exc:  # a cutout that will not decode
+                error = ApiError(502, f"SkyServer sent an unreadable cutout: {exc}")
+        results[t.id] = _Result("failed", f"{error.status}: {error.detail}")
+        out.failed += 1
+    out.fetch_seconds = time.perf_counter() - clock
     if not ready:
         return results
 
     # 3. One batched TTA pass for the chunk, then idempotent upserts.
-    started = time.perf_counter()
+    clock = time.perf_counter()
     records = await service.predict_images([p for _, p in ready], job.tta)
-    out.inference_seconds = time.perf_counter() - started
+    out.inference_seconds = time.perf_counter() - clock
+    clock = time.perf_counter()
     stored = await service.run_db(_store, ready, records, job)
+    out.store_seconds = time.perf_counter() - clock
     for t, _ in ready:
         results[t.id] = _Result("done", cached=False, prediction_id=stored[t.id])
     out.predicted = len(ready)
@@ -204,33 +239,56 @@ def _cached(session: Session, targets: list[tuple[int, float, float]], job: Job)
     return hits
 
 
+def _cutouts(session: Session, targets: list[JobTarget], scale: float, size: int) -> dict:
+    found = {}
+    for t in targets:
+        row = cache.get_cutout(session, t.ra, t.dec, scale, size)
+        if row is not None:
+            found[t.id] = row
+    session.expunge_all()
+    return found
+
+
 def _store(session: Session, ready: list, records: list[dict], job: Job) -> dict[int, int]:
-    stored = {}
-    for (t, pixels), record in zip(ready, records, strict=True):
-        flags = [] if centre_has_source(pixels) else ["no_source_at_centre"]
-        row = cache.store_prediction(
-            session,
-            model_version=job.model_version,
-            tta=job.tta,
-            flags=flags,
-            ra=t.ra,
-            dec=t.dec,
+    items = [
+        {
+            "model_version": job.model_version,
+            "tta": job.tta,
+            "flags": [] if centre_has_source(pixels) else ["no_source_at_centre"],
+            "ra": t.ra,
+            "dec": t.dec,
             **record,
-        )
-        stored[t.id] = row.id
-    return stored
+        }
+        for (t, pixels), record in zip(ready, records, strict=True)
+    ]
+    rows = cache.store_predictions(session, items)
+    return {t.id: row.id for (t, _), row in zip(ready, rows, strict=True)}
 
 
 def _finish(session: Session, job_id: str, chunk: int, results: dict[int, _Result]) -> bool:
     """Record the outcomes (only over rows still queued) and close the chunk, and the job when
     this was its last queued work. Returns whether the job is finished."""
-    for target_id, r in results.items():
-        session.execute(
-            update(JobTarget)
-            .where(JobTarget.id == target_id, JobTarget.status == "queued")
+    table = JobTarget.__table__
+    if results:  # one executemany; only rows still queued, so a re-run changes nothing
+        session.connection().execute(
+            table.update()
+            .where(table.c.id == bindparam("t_id"), table.c.status == "queued")
             .values(
-                status=r.status, reason=r.reason, cached=r.cached, prediction_id=r.prediction_id
-            )
+                status=bindparam("t_status"),
+                reason=bindparam("t_reason"),
+                cached=bindparam("t_cached"),
+                prediction_id=bindparam("t_prediction"),
+            ),
+            [
+                {
+                    "t_id": target_id,
+                    "t_status": r.status,
+                    "t_reason": r.reason,
+                    "t_cached": r.cached,
+                    "t_prediction": r.prediction_id,
+                }
+                for target_id, r in results.items()
+            ],
         )
     stamp = now()
     session.execute(
