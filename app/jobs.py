@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from app.models import Job, JobChunk, JobTarget, Prediction
 from app.targets import TargetRow
 from worker.celery_app import QUEUE, TASK_NAME
-from worker.chunk import now, run_chunk
+from worker.chunk import close_job_if_done, now, run_chunk
 
 if TYPE_CHECKING:
     from app.service import Service
@@ -251,17 +251,7 @@ def give_up(session: Session, chunks: list[tuple[str, int]], max_attempts: int) 
             )
         )
         c.finished_at = now()
-        left = session.scalar(
-            select(func.count())
-            .select_from(JobTarget)
-            .where(JobTarget.job_id == job_id, JobTarget.status == "queued")
-        )
-        if left == 0:
-            session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.finished_at.is_(None))
-                .values(finished_at=now())
-            )
+        close_job_if_done(session, job_id)
         given_up.append((job_id, chunk))
     session.commit()
     return given_up

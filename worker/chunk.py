@@ -296,6 +296,14 @@ def _finish(session: Session, job_id: str, chunk: int, results: dict[int, _Resul
         .where(JobChunk.job_id == job_id, JobChunk.chunk == chunk)
         .values(finished_at=stamp, heartbeat_at=stamp)
     )
+    finished = close_job_if_done(session, job_id)
+    session.commit()
+    return finished
+
+
+def close_job_if_done(session: Session, job_id: str) -> bool:
+    """Stamp the job finished when none of its targets is queued any more (not committed).
+    Returns whether it is finished."""
     left = session.scalar(
         select(func.count())
         .select_from(JobTarget)
@@ -303,7 +311,6 @@ def _finish(session: Session, job_id: str, chunk: int, results: dict[int, _Resul
     )
     if left == 0:
         session.execute(
-            update(Job).where(Job.id == job_id, Job.finished_at.is_(None)).values(finished_at=stamp)
+            update(Job).where(Job.id == job_id, Job.finished_at.is_(None)).values(finished_at=now())
         )
-    session.commit()
     return left == 0
