@@ -6,12 +6,17 @@ Renders a few mock-sky cutouts (128 px at 0.296″/px, as the service fetches th
 them to N JPEGs, and times three ways of predicting them at each TTA level:
 
 - ``naive``: the loop a first version would write: decode one, predict one;
-- ``batched``: decode a batch, one ``predict_arrays`` call per ``--batch-size`` images;
+- ``batched``: one ``Predictor.predict_bytes`` call per ``--batch-size`` JPEGs, which
+  decodes the batch with ``decode_batch``: on CUDA with nvJPEG on the GPU, on the CPU with
+  ``decode_image`` per image;
 - ``engine``: N concurrent one-image ``InferenceEngine.predict`` calls, micro-batched.
 
-Every image is decoded by ``decode_image`` (resized to the model's input) inside the
-timing. The model has random weights (the speed does not depend on them) unless
-``--model PATH`` is given. Prints a table, then one JSON line.
+Every image is decoded (and resized to the model's input) inside the timing; ``naive``
+and ``engine`` use ``decode_image`` on the CPU, as the service does. The model has random
+weights (the speed does not depend on them) unless ``--model PATH`` is given. Peak memory
+is ``torch.cuda.max_memory_allocated`` per row on CUDA, and the process's ``ru_maxrss``
+(a high-water mark since start, not per row) on the CPU. Prints a table, then one JSON
+line.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import time
 
 import torch
@@ -52,8 +58,7 @@ def naive(predictor: Predictor, jpegs: list[bytes], tta: int) -> None:
 
 def batched(predictor: Predictor, jpegs: list[bytes], tta: int, batch_size: int) -> None:
     for start in range(0, len(jpegs), batch_size):
-        chunk = jpegs[start : start + batch_size]
-        predict_arrays(predictor, [decode_image(d, predictor.input_size) for d in chunk], tta)
+        predictor.predict_bytes(jpegs[start : start + batch_size], tta)
 
 
 def engine(predictor: Predictor, jpegs: list[bytes], tta: int, batch_size: int) -> float:
@@ -75,6 +80,19 @@ def timed(fn, *args) -> tuple[float, object]:
     start = time.perf_counter()
     out = fn(*args)
     return time.perf_counter() - start, out
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_mb(device: torch.device) -> float:
+    """Peak GPU memory since ``reset_peak`` on CUDA; the process's peak resident memory on
+    the CPU (Linux reports ru_maxrss in KiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
 
 
 def main() -> None:
@@ -104,6 +122,7 @@ def main() -> None:
     for tta in levels:
         for mode in ("naive", "batched", "engine"):
             n = min(args.naive_n, args.n) if mode == "naive" else args.n
+            reset_peak(device)
             if mode == "naive":
                 seconds, _ = timed(naive, predictor, jpegs[:n], tta)
                 mean_batch = 1.0
@@ -121,13 +140,14 @@ def main() -> None:
                     "images_per_s": round(n / seconds, 1),
                     "ms_per_image": round(1000 * seconds / n, 2),
                     "mean_batch": round(float(mean_batch), 1),
+                    "peak_mem_mb": round(peak_mb(device), 1),
                 }
             )
             r = rows[-1]
             print(
                 f"{mode:8s} tta {tta}  {n:5d} img  {r['seconds']:8.2f} s  "
                 f"{r['images_per_s']:8.1f} img/s  {r['ms_per_image']:8.2f} ms/img  "
-                f"batch {r['mean_batch']:5.1f}",
+                f"batch {r['mean_batch']:5.1f}  peak {r['peak_mem_mb']:8.1f} MiB",
                 flush=True,
             )
     info = {
@@ -138,6 +158,10 @@ def main() -> None:
         "input_size": predictor.input_size,
         "batch_size": args.batch_size,
         "model": args.model or "random",
+        "batched_decode": "nvJPEG on the GPU" if device.type == "cuda" else "Pillow on the CPU",
+        "peak_mem": "torch.cuda.max_memory_allocated"
+        if device.type == "cuda"
+        else "ru_maxrss (process high-water mark)",
         "results": rows,
     }
     print(json.dumps(info))

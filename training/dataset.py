@@ -2,8 +2,9 @@
 
 Images are decoded once (in parallel) and kept as one uint8 tensor (N, 3, H, W): 130,000
 cutouts of 128 px take 6.4 GB, and batches are then plain index operations, augmented on
-whatever device they go to. Targets are chosen by catalog column name and normalised with
-the training split's mean and standard deviation.
+whatever device they go to (``galmet train`` moves the whole tensor to the GPU when it
+fits: ``training.train.stage_images``). Targets are chosen by catalog column name and
+normalised with the training split's mean and standard deviation.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def read_catalog(data_dir: Path) -> Table:
 
 
 def load_images(
-    paths: list[Path], size: int | None = None, workers: int | None = None
+    paths: list[Path], size: int | None = None, workers: int | None = None, progress: bool = True
 ) -> torch.Tensor:
     """Decode image files in parallel into one uint8 tensor (N, 3, H, W)."""
     if not paths:
@@ -117,7 +118,10 @@ def load_images(
 
     workers = workers or min(16, (os.cpu_count() or 1) * 2)
     with ThreadPoolExecutor(workers) as pool:
-        arrays = list(tqdm(pool.map(read, paths), total=len(paths), desc="decoding", unit="img"))
+        decoded = pool.map(read, paths)
+        arrays = list(
+            tqdm(decoded, total=len(paths), desc="decoding", unit="img", disable=not progress)
+        )
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
         raise GalmetError(f"images differ in size {sorted(shapes)}: pass a size to resize them")
@@ -155,8 +159,12 @@ def select_rows(
 
 
 def load_data(
-    data_dir: Path, targets: list[str], size: int | None = None, limit: int | None = None
+    data_dir: Path,
+    targets: list[str],
+    size: int | None = None,
+    limit: int | None = None,
+    progress: bool = True,
 ) -> GalaxyData:
     """The rows of ``select_rows`` with their images decoded (resized to ``size`` if given)."""
     cat, y, paths = select_rows(data_dir, targets, limit)
-    return GalaxyData(cat, load_images(paths, size), y, list(targets))
+    return GalaxyData(cat, load_images(paths, size, progress=progress), y, list(targets))

@@ -26,7 +26,7 @@ from torch import nn
 
 from galmet.errors import GalmetError
 from training.augment import tta_views
-from training.preprocess import IMAGENET_MEAN, IMAGENET_STD, decode_image, normalise
+from training.preprocess import IMAGENET_MEAN, IMAGENET_STD, decode_batch, normalise
 
 ARCHITECTURE = "resnet34"
 CHECKPOINT_FORMAT = "galmet-checkpoint/1"
@@ -279,9 +279,12 @@ class Predictor:
         return Prediction(list(ck.outputs), mean, sigma, spread)
 
     def predict_bytes(self, images: Sequence[bytes], tta: int = 1) -> Prediction:
-        """Predictions for encoded images (JPEG/PNG), each resized to the model's input."""
-        arrays = [decode_image(data, self.input_size) for data in images]
-        return self.predict_images(torch.from_numpy(np.stack(arrays)), tta)
+        """Predictions for encoded images (JPEG/PNG), each resized to the model's input.
+
+        On a GPU the JPEGs are decoded there in one batch (``decode_batch``); on the CPU
+        each goes through ``decode_image``, as in training.
+        """
+        return self.predict_images(decode_batch(images, self.input_size, self.device), tta)
 
     def sigma_scale(self, tta: int) -> float:
         """Calibration factor of sigma at this TTA level (nearest calibrated level; 1 if none)."""

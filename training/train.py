@@ -11,6 +11,15 @@ images get a random rotation/flip of the square; nothing else (size carries info
 Writes MODEL (the best epoch on validation, sigma calibrated on validation, test metrics),
 MODEL.last.pt at each cycle end (for ``--resume``), MODEL.metrics.json (per-epoch metrics)
 and MODEL.loss.png. ``--folds K`` trains a K-fold ensemble over train + validation.
+
+Speed: the decoded images stay one uint8 tensor (on the GPU when they fit, else in host
+memory gathered into pinned buffers); each batch is gathered, rotated/flipped and
+normalised on the device; the loop reads nothing back from the GPU until the epoch ends.
+On CUDA, bf16 autocast, channels_last and fused optimisers are on by default (``--no-bf16``,
+``--no-channels-last`` turn them off); ``--compile`` adds ``torch.compile``. Larger
+batches may scale the learning rate (``--lr-scale linear``: lr × batch / 64). Under
+``torchrun`` it trains with DistributedDataParallel (see ``training.distributed``);
+``--batch-size`` is then the global batch, split evenly over the processes.
 """
 
 from __future__ import annotations
@@ -30,13 +39,20 @@ from torch import nn
 from tqdm import tqdm
 
 from galmet.errors import GalmetError
+from training import distributed
 from training.augment import TTA_TRANSFORMS, random_d4
 from training.dataset import GalaxyData, TargetScaler, kfold_indices, load_data, split_indices
+from training.distributed import DistInfo
 from training.model import Checkpoint, GalmetNet, Predictor, build_model
 from training.preprocess import normalise
 
 #: Learning-rate ratios of the three layer groups (early body, late body, head).
 GROUP_LR_RATIOS = (1 / 9, 1 / 3, 1.0)
+#: ``--lr-scale`` rules: the head's rate is ``lr * (batch / reference batch) ** power``.
+LR_SCALES = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
+#: ``--data-on-device auto`` puts the images on the GPU when they take at most this
+#: fraction of its free memory (the rest is for activations at large batches).
+DATA_ON_DEVICE_FRACTION = 0.4
 
 
 @dataclass
@@ -51,8 +67,13 @@ class TrainConfig:
     image_size: int | None = None  # pixels of the stored images, before any resizing
     bands: str = "gri"
     init: str = "scratch"
-    batch_size: int = 256
+    batch_size: int = 256  # over all processes when under torchrun
     lr: float = 0.01  # of the head; the body groups get 1/9 and 1/3 (0.1 diverged on the mock)
+    # The head's rate is lr * f(batch_size / lr_reference_batch): f = 1 (none), the ratio
+    # (linear, Goyal et al. 2017) or its square root; lr_effective records the result.
+    lr_scale: str = "none"
+    lr_reference_batch: int = 64
+    lr_effective: float | None = None  # set by train()
     frozen_epochs: int = 1
     cycles: int = 3
     cycle_len: int = 1
@@ -70,10 +91,23 @@ class TrainConfig:
     limit: int | None = None
     max_steps: int | None = None  # stop each epoch after this many batches (quick tests)
     resume: bool = False
+    # Speed; None means "on CUDA only". None of these changes what is learned (bf16 a little).
+    bf16: bool | None = None  # autocast the forward pass to bfloat16
+    channels_last: bool | None = None  # NHWC memory format for model and batches
+    compile: bool = False  # torch.compile the model for training
+    compile_backend: str = "inductor"  # eager / aot_eager trace without code generation
+    data_on_device: str = "auto"  # images on the GPU: auto (when they fit), yes, no
+    world_size: int = 1  # processes that trained (torchrun); set by train()
 
     @property
     def epochs(self) -> int:
         return sum(self.cycle_len * self.cycle_mult**c for c in range(self.cycles))
+
+    def head_lr(self) -> float:
+        """The head's learning rate after ``lr_scale`` (the body groups get 1/9 and 1/3)."""
+        if self.lr_scale not in LR_SCALES:
+            raise GalmetError(f"--lr-scale must be one of {', '.join(LR_SCALES)}")
+        return self.lr * (self.batch_size / self.lr_reference_batch) ** LR_SCALES[self.lr_scale]
 
 
 def pick_device(name: str) -> torch.device:
@@ -146,8 +180,42 @@ def loss_fn(
     return rmse + sigma_weight * nll, rmse
 
 
+def resolve_flag(value: bool | None, device: torch.device) -> bool:
+    """A speed flag's value: as given, or on CUDA only when unset."""
+    return device.type == "cuda" if value is None else bool(value)
+
+
+def stage_images(images: torch.Tensor, device: torch.device, mode: str = "auto") -> torch.Tensor:
+    """Where the training images live: on ``device`` (a GPU) or in host memory.
+
+    ``auto`` moves them to the GPU when they take at most ``DATA_ON_DEVICE_FRACTION`` of
+    its free memory; ``yes`` always (an error if they do not fit); ``no`` never. On the
+    CPU they are already where the model is.
+    """
+    if mode not in ("auto", "yes", "no"):
+        raise GalmetError(f"--data-on-device must be auto, yes or no, not {mode!r}")
+    if device.type != "cuda" or mode == "no":
+        return images
+    if mode == "auto":
+        free, _ = torch.cuda.mem_get_info(device)
+        if images.nbytes > DATA_ON_DEVICE_FRACTION * free:
+            return images
+    try:
+        return images.to(device)
+    except torch.OutOfMemoryError:
+        raise GalmetError(
+            f"--data-on-device yes: the images ({images.nbytes / 1e9:.1f} GB) do not fit on "
+            f"{device}; use --data-on-device auto or no"
+        ) from None
+
+
 class Trainer:
-    """Fits one network on given rows; ``fit`` runs both phases of the schedule."""
+    """Fits one network on given rows; ``fit`` runs both phases of the schedule.
+
+    ``data.images`` may be in host memory or already on ``device`` (``stage_images``).
+    Under torchrun, ``dist`` says which rank this is: every rank builds the same network
+    and draws the same permutation, and trains its share of each global batch.
+    """
 
     def __init__(
         self,
@@ -158,15 +226,29 @@ class Trainer:
         valid_rows: np.ndarray,
         device: torch.device,
         fold: int = 0,
+        dist: DistInfo | None = None,
     ) -> None:
         self.cfg, self.data, self.device, self.fold = cfg, data, device, fold
+        self.dist = dist or DistInfo()
         self.scaler = scaler
         self.train_rows, self.valid_rows = train_rows, valid_rows
-        self.y = torch.from_numpy(scaler.transform(data.targets)).float()
+        self.images = data.images
+        self.images_on_device = data.images.device.type == device.type
+        # Targets are small: on the device once, indexed there with the batch's rows.
+        self.y = torch.from_numpy(scaler.transform(data.targets)).float().to(device)
+        self.bf16 = resolve_flag(cfg.bf16, device)
+        self.channels_last = resolve_flag(cfg.channels_last, device)
         self.model: GalmetNet = build_model(len(data.target_names), cfg.init).to(device)
-        if device.type == "cuda":
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self._forward: nn.Module | None = None  # DDP and/or compiled view of the model
+        # The permutation's generator is the same on every rank (they must agree on the
+        # batches). The augmentation draws on the device, from a generator seeded per rank
+        # and epoch; alone on the CPU it draws from the permutation's, so that CPU runs
+        # repeat those of earlier versions exactly.
         self.generator = torch.Generator().manual_seed(cfg.seed * 1000 + fold)
+        alone_on_cpu = device.type == "cpu" and not self.dist.enabled
+        self.aug_generator = self.generator if alone_on_cpu else torch.Generator(device=device)
         self.history: list[dict] = []
         self.best: dict | None = None  # {"valid_loss", "epoch", "state"}
         # Whole batches only: a last batch of one image would break BatchNorm.
@@ -174,24 +256,63 @@ class Trainer:
         if cfg.max_steps:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.max_steps)
 
-    # One training batch: uint8 images to the device, random D4, normalise, step.
-    def _batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.data.images[idx].to(self.device, non_blocking=True)
-        x = normalise(random_d4(x, self.generator), self.cfg.bands)
-        if self.device.type == "cuda":
+    def forward_module(self) -> nn.Module:
+        """The module the training step calls: the model, wrapped in DDP under torchrun,
+        compiled with ``--compile``. Built on first use after each change of which
+        parameters train (DDP registers only those that need gradients)."""
+        if self._forward is None:
+            module: nn.Module = self.model
+            if self.dist.enabled:
+                from torch.nn.parallel import DistributedDataParallel
+
+                ids = [self.device.index] if self.device.type == "cuda" else None
+                module = DistributedDataParallel(module, device_ids=ids)
+            if self.cfg.compile:
+                # DDP first, then compile: what PyTorch documents for DDP with Dynamo.
+                module = torch.compile(module, backend=self.cfg.compile_backend)
+            self._forward = module
+        return self._forward
+
+    def _to_device(self, rows: torch.Tensor) -> torch.Tensor:
+        """uint8 images of ``rows`` (on the images' device) on the model's device. From host
+        memory (to a GPU: on the CPU the images are always "on the device") they are gathered
+        straight into pinned memory, so the copy runs asynchronously; the caching host
+        allocator keeps each buffer until its copy has finished."""
+        if self.images_on_device:
+            return self.images.index_select(0, rows)
+        buf = torch.empty((len(rows), *self.images.shape[1:]), dtype=torch.uint8, pin_memory=True)
+        torch.index_select(self.images, 0, rows, out=buf)
+        return buf.to(self.device, non_blocking=True)
+
+    def _inputs(self, images: torch.Tensor) -> torch.Tensor:
+        x = normalise(images, self.cfg.bands)
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return x, self.y[idx].to(self.device, non_blocking=True)
+        return x
+
+    # One training batch: uint8 images to the device, random D4 there, normalise.
+    def _batch(
+        self, rows: torch.Tensor, rows_dev: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self._to_device(rows_dev if self.images_on_device else rows)
+        x = self._inputs(random_d4(x, self.aug_generator))
+        return x, self.y.index_select(0, rows_dev)
 
     def run_epoch(
         self, epoch: int, optimizer: torch.optim.Optimizer, scheduler, phase: str
     ) -> dict:
-        cfg = self.cfg
+        cfg, dist = self.cfg, self.dist
         # The frozen body stays in train mode, as fastai's does: its weights do not move, but
         # its BatchNorm statistics follow the data (from scratch they are only placeholders).
         self.model.train()
+        forward = self.forward_module()
         rows = torch.from_numpy(self.train_rows)
         perm = rows[torch.randperm(len(rows), generator=self.generator)]
-        bs = min(cfg.batch_size, len(rows))
+        perm_dev = perm.to(self.device, non_blocking=True)
+        if self.aug_generator is not self.generator:
+            seed = np.random.SeedSequence([cfg.seed, self.fold, dist.rank, epoch])
+            self.aug_generator.manual_seed(int(seed.generate_state(1)[0]))
+        bs = min(cfg.batch_size, len(rows))  # over all ranks
         start = time.perf_counter()
         total = torch.zeros((), device=self.device)
         bar = tqdm(
@@ -199,12 +320,15 @@ class Trainer:
             desc=f"{phase} epoch {epoch + 1}" + (f" fold {self.fold + 1}" if cfg.folds > 1 else ""),
             unit="batch",
             leave=False,
+            disable=not dist.is_main,
         )
+        # Nothing in this loop reads a value back from the device (no .item(), no printing
+        # of the loss): on a GPU the host queues work ahead and never waits for it.
         for step in bar:
-            idx = perm[(step * bs) % len(perm) :][:bs]
-            x, y = self._batch(idx)
-            with torch.autocast(self.device.type, torch.bfloat16, enabled=self._bf16()):
-                mean, log_sigma = self.model(x)
+            part = distributed.local_batch(step, bs, len(perm), dist)
+            x, y = self._batch(perm[part], perm_dev[part])
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
+                mean, log_sigma = forward(x)
             loss, rmse = loss_fn(mean, log_sigma, y, cfg.sigma_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -212,23 +336,31 @@ class Trainer:
             last_lr = optimizer.param_groups[-1]["lr"]  # before a restart resets it
             scheduler.step()
             total += rmse.detach()
-            # Reading the loss back synchronises the GPU: only now and then.
-            if step % 20 == 0 or step == self.steps_per_epoch - 1:
-                bar.set_postfix(rmse=f"{total.item() / (step + 1):.4f}")
+        # The epoch's one synchronisation: the mean RMSE over steps and ranks.
+        train_loss = distributed.all_reduce_sum(total, dist).item() / (
+            self.steps_per_epoch * dist.world_size
+        )
         seconds = time.perf_counter() - start
+        distributed.average_buffers(self.model, dist)
         valid = self.validate()
+        images = self.steps_per_epoch * (bs // dist.world_size) * dist.world_size
         record = {
             "epoch": epoch + 1,
             "phase": phase,
             "fold": self.fold,
-            "train_loss": total.item() / self.steps_per_epoch,
+            "train_loss": train_loss,
             "valid_loss": valid["loss"],
             "valid_rmse": valid["rmse"],
             "lr": last_lr,  # of the head, at the epoch's last batch
             "seconds": seconds,
-            "images_per_second": self.steps_per_epoch * bs / seconds,
+            "images_per_second": images / seconds,  # over all ranks
         }
         self.history.append(record)
+        if dist.is_main:
+            tqdm.write(
+                f"{phase} epoch {epoch + 1}: train RMSE {train_loss:.4f}, valid "
+                f"{valid['loss']:.4f} (normalised), {images / seconds:.0f} images/s"
+            )
         if self.best is None or valid["loss"] < self.best["valid_loss"]:
             self.best = {
                 "valid_loss": valid["loss"],
@@ -239,24 +371,26 @@ class Trainer:
 
     @torch.inference_mode()
     def validate(self) -> dict:
-        """RMSE on the validation rows (no TTA): normalised loss and per-target dex."""
+        """RMSE on the validation rows (no TTA): normalised loss and per-target dex.
+
+        Under torchrun each rank takes every world_size-th row and the sums are added up,
+        so every rank gets the same numbers."""
         self.model.eval()
-        sq = torch.zeros(self.y.shape[1])
-        for start in range(0, len(self.valid_rows), 512):
-            idx = torch.from_numpy(self.valid_rows[start : start + 512])
-            x = normalise(self.data.images[idx].to(self.device), self.cfg.bands)
-            with torch.autocast(self.device.type, torch.bfloat16, enabled=self._bf16()):
-                mean, _ = self.model(x)
-            sq += ((mean.float().cpu() - self.y[idx]) ** 2).sum(dim=0)
-        mse = sq / max(1, len(self.valid_rows))
+        rows = torch.from_numpy(self.valid_rows[self.dist.rank :: self.dist.world_size])
+        rows_dev = rows.to(self.device)
+        sq = torch.zeros(self.y.shape[1], device=self.device)
+        for start in range(0, len(rows), 512):
+            part = slice(start, start + 512)
+            x = self._to_device(rows_dev[part] if self.images_on_device else rows[part])
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
+                mean, _ = self.model(self._inputs(x))
+            sq += ((mean.float() - self.y.index_select(0, rows_dev[part])) ** 2).sum(dim=0)
+        mse = distributed.all_reduce_sum(sq, self.dist).cpu() / max(1, len(self.valid_rows))
         std = torch.from_numpy(self.scaler.std).float()
         return {
             "loss": float(torch.sqrt(mse.mean())),
             "rmse": dict(zip(self.data.target_names, (mse.sqrt() * std).tolist(), strict=True)),
         }
-
-    def _bf16(self) -> bool:
-        return self.device.type == "cuda"
 
     def state(self, epoch: int, optimizer=None, scheduler=None) -> dict:
         """Everything needed to go on from the end of ``epoch`` epochs (for --resume)."""
@@ -280,6 +414,7 @@ class Trainer:
         """
         cfg = self.cfg
         groups = self.model.layer_groups()
+        lr = cfg.head_lr()
         done = 0
         if resume is not None:
             self.model.load_state_dict(resume["model"])
@@ -289,7 +424,8 @@ class Trainer:
         if done < cfg.frozen_epochs:
             for p in groups[0] + groups[1]:
                 p.requires_grad_(False)
-            opt = make_optimizer([groups[2]], [cfg.lr], cfg, self.device)
+            self._forward = None
+            opt = make_optimizer([groups[2]], [lr], cfg, self.device)
             n = cfg.frozen_epochs
             sched = make_scheduler(opt, self.steps_per_epoch, n, 1, n)
             for e in range(n):
@@ -301,7 +437,8 @@ class Trainer:
                 p.requires_grad_(True)
             if on_epoch_end is not None:
                 on_epoch_end(self, epoch, None, None, True)
-        lrs = [cfg.lr * r for r in GROUP_LR_RATIOS]
+        self._forward = None
+        lrs = [lr * r for r in GROUP_LR_RATIOS]
         opt = make_optimizer(groups, lrs, cfg, self.device)
         sched = make_scheduler(
             opt, self.steps_per_epoch, cfg.cycle_len, cfg.cycle_mult, cfg.epochs, cfg.schedule
@@ -329,11 +466,39 @@ def train(cfg: TrainConfig) -> Checkpoint:
     """Train (one model or a K-fold ensemble), calibrate sigma, measure on test, save.
 
     With ``cfg.resume`` the run goes on from MODEL.last.pt, written at each cycle end.
+    Under torchrun every process calls this: rank 0 alone writes files, calibrates sigma
+    and measures the test split; the other ranks return the uncalibrated checkpoint.
     """
+    dist = distributed.from_environment()
+    device = distributed.init(dist, pick_device(cfg.device))
+    try:
+        ck = _train(cfg, dist, device)
+    except GalmetError:
+        # A mistake in the options or data, which every rank finds alike: leave quietly.
+        distributed.leave(dist)
+        raise
+    # Other exceptions leave the group as it is: the process ends and torchrun stops the
+    # rest (a barrier would wait for ranks that are inside some other collective).
+    distributed.shutdown(dist)
+    return ck
+
+
+def _train(cfg: TrainConfig, dist: DistInfo, device: torch.device) -> Checkpoint:
+    world = dist.world_size
+    if cfg.batch_size % world or cfg.batch_size < 2 * world:
+        raise GalmetError(
+            f"--batch-size {cfg.batch_size} must be a multiple of the {world} processes, "
+            "with at least 2 images per process (BatchNorm)"
+        )
     seed_everything(cfg.seed)
-    device = pick_device(cfg.device)
+    if device.type == "cuda":
+        # Every batch has the same shape: let cuDNN pick its fastest convolutions once.
+        torch.backends.cudnn.benchmark = True
+    cfg.world_size = world
+    cfg.lr_effective = cfg.head_lr()
     out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:
+        out.parent.mkdir(parents=True, exist_ok=True)
     saved = None
     if cfg.resume:
         if not resume_path(out).exists():
@@ -343,7 +508,7 @@ def train(cfg: TrainConfig) -> Checkpoint:
         changed = [k for k in keep if saved["config"][k] != getattr(cfg, k)]
         if changed:
             raise GalmetError(f"--resume with different {', '.join(changed)} than the saved run")
-    data = load_data(Path(cfg.data), cfg.targets, cfg.size, cfg.limit)
+    data = load_data(Path(cfg.data), cfg.targets, cfg.size, cfg.limit, progress=dist.is_main)
     # What the stored cutouts are, so that predictions fetch the same field of view.
     cfg.image_size = stored_image_size(Path(cfg.data), data)
     if cfg.pixel_scale is None:
@@ -358,12 +523,16 @@ def train(cfg: TrainConfig) -> Checkpoint:
         folds = [(split["train"], split["valid"])]
     scaler = TargetScaler.fit(cfg.targets, data.targets[split["train"]])
     size = int(data.images.shape[-1])
-    print(
-        f"{len(data)} galaxies ({len(split['train'])} train, {len(split['valid'])} valid, "
-        f"{len(split['test'])} test), {size} px, targets {', '.join(cfg.targets)}, "
-        f"on {device}; {cfg.frozen_epochs} frozen + {cfg.epochs} unfrozen epochs"
-        + (f" x {cfg.folds} folds" if cfg.folds > 1 else "")
-    )
+    data.images = stage_images(data.images, device, cfg.data_on_device)
+    if dist.is_main:
+        print(
+            f"{len(data)} galaxies ({len(split['train'])} train, {len(split['valid'])} valid, "
+            f"{len(split['test'])} test), {size} px, targets {', '.join(cfg.targets)}, "
+            f"on {device}"
+            + (f" x {world} processes" if world > 1 else "")
+            + f"; {cfg.frozen_epochs} frozen + {cfg.epochs} unfrozen epochs"
+            + (f" x {cfg.folds} folds" if cfg.folds > 1 else "")
+        )
 
     states: list[dict] = saved["members"] if saved else []
     history: list[dict] = saved["done_history"] if saved else []
@@ -384,6 +553,8 @@ def train(cfg: TrainConfig) -> Checkpoint:
         )
 
     def after_epoch(t: Trainer, epoch: int, opt, sched, cycle_end: bool) -> None:
+        if not dist.is_main:
+            return
         # states and history are the lists of the folds done so far.
         write_history(out, history + t.history)
         if not cycle_end:
@@ -401,19 +572,22 @@ def train(cfg: TrainConfig) -> Checkpoint:
 
     for fold in range(len(states), len(folds)):
         train_rows, valid_rows = folds[fold]
-        trainer = Trainer(cfg, data, scaler, train_rows, valid_rows, device, fold)
+        trainer = Trainer(cfg, data, scaler, train_rows, valid_rows, device, fold, dist)
 
         resume = saved if saved and saved["fold"] == fold else None
         best = trainer.fit(resume, on_epoch_end=after_epoch)
         states.append(best["state"])
         history += trainer.history
-        write_history(out, history)
-        print(
-            f"fold {fold + 1}/{len(folds)}: best epoch {best['epoch']}, valid RMSE "
-            + ", ".join(f"{k} {v:.4f}" for k, v in trainer.history[-1]["valid_rmse"].items())
-        )
+        if dist.is_main:
+            write_history(out, history)
+            print(
+                f"fold {fold + 1}/{len(folds)}: best epoch {best['epoch']}, valid RMSE "
+                + ", ".join(f"{k} {v:.4f}" for k, v in trainer.history[-1]["valid_rmse"].items())
+            )
 
     ck = make_checkpoint(states, history)
+    if not dist.is_main:
+        return ck
     predictor = Predictor(ck, device)
     valid_rows = np.concatenate([v for _, v in folds])
     ck.sigma_scale = calibrate_sigma(predictor, data, valid_rows)
@@ -490,8 +664,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--pixel-scale", type=float, help="arcsec/px of the images (mock.json, else 0.296)")
     a("--bands", choices=["gri", "r"], default=d.bands, help="gri colour, or r band only")
     a("--init", default=d.init, help="scratch, imagenet or PATH to weights (default scratch)")
-    a("--batch-size", type=int, default=d.batch_size)
+    a(
+        "--batch-size",
+        type=int,
+        default=d.batch_size,
+        help="images per step (over all processes under torchrun)",
+    )
     a("--lr", type=float, default=d.lr, help="head learning rate; body groups get 1/9, 1/3")
+    a(
+        "--lr-scale",
+        choices=list(LR_SCALES),
+        default=d.lr_scale,
+        help="scale --lr with the batch: linear = lr x batch / reference batch (none)",
+    )
+    a("--lr-reference-batch", type=int, default=d.lr_reference_batch, help="batch of --lr (64)")
     a("--frozen-epochs", type=int, default=d.frozen_epochs, help="head-only epochs first")
     a("--cycles", type=int, default=d.cycles, help="SGDR cycles after unfreezing (3)")
     a("--cycle-len", type=int, default=d.cycle_len, help="epochs of the first cycle (1)")
@@ -508,6 +694,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--limit", type=int, help="use only the first N galaxies")
     a("--max-steps", type=int, help="at most N batches per epoch (quick trials)")
     a("--resume", action="store_true", help="go on from OUT.last.pt (saved at each cycle end)")
+    speed = argparse.BooleanOptionalAction
+    a("--bf16", action=speed, help="bfloat16 autocast (default: on CUDA only)")
+    a("--channels-last", action=speed, help="NHWC memory format (default: on CUDA only)")
+    a("--compile", action="store_true", help="torch.compile the model (slow to start)")
+    a(
+        "--compile-backend",
+        choices=["inductor", "aot_eager", "eager", "cudagraphs"],
+        default=d.compile_backend,
+        help="torch.compile backend (inductor; eager ones only trace, for debugging)",
+    )
+    a(
+        "--data-on-device",
+        choices=["auto", "yes", "no"],
+        default=d.data_on_device,
+        help="keep the images on the GPU: auto = when they fit in 40%% of its free memory",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -520,7 +722,11 @@ def main(args: argparse.Namespace) -> int:
         raise GalmetError("--lr must be positive; --cycles, --cycle-len, --cycle-mult >= 1")
     if not math.isfinite(cfg.lr):
         raise GalmetError("--lr must be finite")
+    if cfg.lr_reference_batch < 1:
+        raise GalmetError("--lr-reference-batch must be positive")
     ck = train(cfg)
+    if not distributed.from_environment().is_main:
+        return 0
     for variant, per_target in ck.metrics.get("results", {}).items():
         for name, m in per_target.items():
             print(
