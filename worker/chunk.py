@@ -45,7 +45,7 @@ class ChunkOutcome:
     failed: int = 0
     seconds: float = 0.0
     cache_seconds: float = 0.0  # looking up cached predictions
-    fetch_seconds: float = 0.0  # cutouts: cache look-ups, SkyServer, decoding
+    fetch_seconds: float = 0.0  # cutouts: cache look-ups, SkyServer, decoding (overlaps inference)
     inference_seconds: float = 0.0
     store_seconds: float = 0.0  # writing predictions
     job_finished: bool = False
@@ -136,11 +136,56 @@ async def _answer(
     todo = [t for t in targets if t.id not in hits]
     out.cache_seconds = time.perf_counter() - clock
 
-    # 2. Cutouts: the cached ones in one session, the rest fetched concurrently (the client
-    #    bounds how many at once) and stored in one transaction.
+    # 2. Cutouts and the model, pipelined in parts of one engine batch: while one part is in
+    #    the model, the next part's cutouts download.
+    size = max(1, service.settings.batch_size)
+    parts = [todo[i : i + size] for i in range(0, len(todo), size)]
+    ready: list[tuple[JobTarget, object]] = []
+    records: list[dict] = []
+    upcoming = asyncio.create_task(_images(service, parts[0])) if parts else None
+    try:
+        for k in range(len(parts)):
+            part_ready, failures, seconds = await upcoming
+            upcoming = (
+                asyncio.create_task(_images(service, parts[k + 1])) if k + 1 < len(parts) else None
+            )
+            out.fetch_seconds += seconds
+            for target_id, error in failures.items():
+                results[target_id] = _Result("failed", f"{error.status}: {error.detail}")
+            out.failed += len(failures)
+            if part_ready:
+                clock = time.perf_counter()
+                records += await service.predict_images([p for _, p in part_ready], job.tta)
+                out.inference_seconds += time.perf_counter() - clock
+                ready += part_ready
+    finally:
+        if upcoming is not None:
+            upcoming.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await upcoming
+    if not ready:
+        return results
+
+    # 3. Idempotent upserts, one transaction for the chunk.
     clock = time.perf_counter()
-    cutouts = await service.run_db(_cutouts, todo, model.fetch_scale, model.fetch_size)
-    missing = [t for t in todo if t.id not in cutouts]
+    stored = await service.run_db(_store, ready, records, job)
+    out.store_seconds = time.perf_counter() - clock
+    for t, _ in ready:
+        results[t.id] = _Result("done", cached=False, prediction_id=stored[t.id])
+    out.predicted = len(ready)
+    return results
+
+
+async def _images(
+    service: Service, targets: list[JobTarget]
+) -> tuple[list[tuple[JobTarget, object]], dict[int, ApiError], float]:
+    """Decoded cutouts of ``targets``: the cached ones read in one session, the rest fetched
+    concurrently (the client bounds how many at once) and stored in one transaction.
+    Returns (target, pixels) pairs, the failures by target id, and the seconds taken."""
+    clock = time.perf_counter()
+    model = service._model()
+    cutouts = await service.run_db(_cutouts, targets, model.fetch_scale, model.fetch_size)
+    missing = [t for t in targets if t.id not in cutouts]
 
     async def fetch(t: JobTarget):
         try:
@@ -156,37 +201,21 @@ async def _answer(
         items = [(t.ra, t.dec, model.fetch_scale, model.fetch_size, *got) for t, got in good]
         rows = await service.run_db(cache.store_cutouts, items)
         cutouts.update((t.id, row) for (t, _), row in zip(good, rows, strict=True))
-    errors = {
+    failures = {
         t.id: got for t, got in zip(missing, fetched, strict=True) if isinstance(got, ApiError)
     }
     ready = []
-    for t in todo:
-        error = errors.get(t.id)
-        if error is None and cutouts[t.id].blank:
-            error = blank_cutout_error(t.ra, t.dec)
-        if error is None:
-            try:
-                ready.append((t, decode_image(cutouts[t.id].jpeg, model.checkpoint.input_size)))
-                continue
-            except ValueError as exc:  # a cutout that will not decode
-                error = ApiError(502, f"SkyServer sent an unreadable cutout: {exc}")
-        results[t.id] = _Result("failed", f"{error.status}: {error.detail}")
-        out.failed += 1
-    out.fetch_seconds = time.perf_counter() - clock
-    if not ready:
-        return results
-
-    # 3. One batched TTA pass for the chunk, then idempotent upserts.
-    clock = time.perf_counter()
-    records = await service.predict_images([p for _, p in ready], job.tta)
-    out.inference_seconds = time.perf_counter() - clock
-    clock = time.perf_counter()
-    stored = await service.run_db(_store, ready, records, job)
-    out.store_seconds = time.perf_counter() - clock
-    for t, _ in ready:
-        results[t.id] = _Result("done", cached=False, prediction_id=stored[t.id])
-    out.predicted = len(ready)
-    return results
+    for t in targets:
+        if t.id in failures:
+            continue
+        if cutouts[t.id].blank:
+            failures[t.id] = blank_cutout_error(t.ra, t.dec)
+            continue
+        try:
+            ready.append((t, decode_image(cutouts[t.id].jpeg, model.checkpoint.input_size)))
+        except ValueError as exc:  # a cutout that will not decode
+            failures[t.id] = ApiError(502, f"SkyServer sent an unreadable cutout: {exc}")
+    return ready, failures, time.perf_counter() - clock
 
 
 async def _heartbeat(service: Service, job_id: str, chunk: int) -> None:
