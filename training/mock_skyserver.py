@@ -376,7 +376,12 @@ def create_app(
     state = _MockState(faults)
     db = SkySQL(sky.population, max_rows=max_rows)
     limiter = anyio.CapacityLimiter(render_threads or os.cpu_count() or 4)
-    render = functools.lru_cache(cutout_cache)(sky.cutout_jpeg) if cutout_cache else sky.cutout_jpeg
+
+    def render(*args: Any) -> bytes:  # looked up per call: a SQL-only sky has no images
+        return sky.cutout_jpeg(*args)
+
+    if cutout_cache:
+        render = functools.lru_cache(cutout_cache)(render)
 
     async def injected(request: Request, endpoint: str) -> tuple[Response | None, bool]:
         """Count the request and apply latency/hang/failure. Returns an early answer (or
