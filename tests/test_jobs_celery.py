@@ -286,13 +286,24 @@ def test_skyserver_failures_through_the_worker(
     with serve_in_thread(create_mock(mock_sky, faults)) as flaky:
         values = settings(tiny_model, flaky, database_url, broker, tmp_path)
         values["skyserver_timeout"] = "0.5"
+        metrics_port = free_port()  # the worker's one pool process serves on base + 1
+        values["worker_metrics_port"] = str(metrics_port - 1)
         with api_service(tiny_model, values, tmp_path, job_chunk_size=20) as api:
             worker = Worker(tmp_path, env_of(values), "w")
             try:
                 done = wait(api, submit(api, text).json()["id"], timeout=180)
                 rows = results(api, done["id"])["json"]
+                scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
             finally:
                 worker.stop()
+    # The worker process's own metrics: the images it ran and the targets it answered.
+    samples = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in scraped.splitlines()
+        if line.startswith("galmet_") and " " in line
+    }
+    assert samples["galmet_images_total"] == done["counts"]["done"]
+    assert samples['galmet_job_targets_total{outcome="failed"}'] == done["counts"]["failed"]
     c = done["counts"]
     assert c["failed"] > 0 and c["done"] > 0 and c["done"] + c["failed"] == 40
     reasons = {r["reason"].split(":")[0] for r in rows if r["status"] == "failed"}
