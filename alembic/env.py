@@ -10,8 +10,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from app.db import make_engine
-from app.models import Base
+from galmet.app.db import make_engine
+from galmet.app.models import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -21,7 +21,7 @@ def database_url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from app.core.config import get_settings
+    from galmet.app.core.config import get_settings
 
     return get_settings().database_url
 

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
 
-from app.models import Base, Cutout, Prediction
+from galmet.app.models import Base, Cutout, Prediction
 
 MATCH_ARCSEC = 0.5  # a request this close to a cached position is a hit
 CELL_DEG = 1e-4  # key grid: cells about 0.36″ on a side

@@ -16,7 +16,7 @@ from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy.exc import ArgumentError, OperationalError
 
-from app.db import alembic_config, safe_url, script_location, upgrade
+from galmet.app.db import alembic_config, safe_url, script_location, upgrade
 from galmet.errors import GalmetError
 
 
@@ -50,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _upgrade(url: str | None) -> int:
     if url is None:
-        from app.core.config import get_settings
+        from galmet.app.core.config import get_settings
 
         url = get_settings().database_url
     upgrade(url)

@@ -27,8 +27,8 @@ from pathlib import Path
 
 from filelock import FileLock  # a dependency of torch; flock-based, so no stale locks
 
-from app.core.config import Settings
-from training.model import Checkpoint
+from galmet.app.core.config import Settings
+from galmet.training.model import Checkpoint
 
 DEMO_NOTICE = "mock-sky demo model: trained on simulated galaxies, not for science"
 
@@ -136,8 +136,8 @@ def demo_checkpoint(settings: Settings, progress: bool = True) -> Path:
 def _build(settings: Settings, work: Path) -> Checkpoint:
     """Simulate the mock sky into ``work``, train on it, and mark the result as a demo."""
     # Training code is imported here: a service with a real model never needs it.
-    from training.simulate import simulate
-    from training.train import TrainConfig, train
+    from galmet.training.simulate import simulate
+    from galmet.training.train import TrainConfig, train
 
     r = RECIPE
     data = work / "mock"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from training.preprocess import decode_image
+from galmet.training.preprocess import decode_image
 
 # A 4096 x 4096 cutout is far larger than any SDSS cutout anyone should upload; beyond it,
 # Pillow raises DecompressionBombError instead of allocating gigabytes.

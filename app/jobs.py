@@ -30,13 +30,13 @@ from anyio import to_thread
 from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.models import Job, JobChunk, JobTarget, Prediction
-from app.targets import TargetRow
-from worker.celery_app import QUEUE, TASK_NAME
-from worker.chunk import close_job_if_done, now, run_chunk
+from galmet.app.models import Job, JobChunk, JobTarget, Prediction
+from galmet.app.targets import TargetRow
+from galmet.worker.celery_app import QUEUE, TASK_NAME
+from galmet.worker.chunk import close_job_if_done, now, run_chunk
 
 if TYPE_CHECKING:
-    from app.service import Service
+    from galmet.app.service import Service
 
 log = logging.getLogger("galmet.jobs")
 
@@ -326,7 +326,7 @@ class CeleryJobs:
     ones that were lost."""
 
     def __init__(self, service: Service, broker_url: str) -> None:
-        from worker.celery_app import make_celery
+        from galmet.worker.celery_app import make_celery
 
         self.service = service
         self.celery = make_celery(broker_url)

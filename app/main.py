@@ -13,10 +13,10 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api.routes import info, jobs, metrics, predict, web
-from app.core.config import Settings, get_settings
-from app.metrics import REQUEST_SECONDS
-from app.service import ApiError, Service
+from galmet.app.api.routes import info, jobs, metrics, predict, web
+from galmet.app.core.config import Settings, get_settings
+from galmet.app.metrics import REQUEST_SECONDS
+from galmet.app.service import ApiError, Service
 
 log = logging.getLogger("galmet.api")
 API = "/api/v1"

@@ -14,11 +14,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from app.core.config import checked_settings
-    from app.core.logs import setup_logging
+    from galmet.app.core.config import checked_settings
+    from galmet.app.core.logs import setup_logging
 
     settings = checked_settings()
-    from app.main import create_app  # torch, the model code: only once the settings are sane
+    from galmet.app.main import create_app  # torch, the model code: only once the settings are sane
 
     setup_logging(args.log_level, settings.log_json)
     print(f"galmet: serving on http://{args.host}:{args.port}/ (API docs at /docs)")

@@ -20,20 +20,20 @@ import torch
 from anyio import to_thread
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import cache, db
-from app.core.config import Settings
-from app.demo import DEMO_NOTICE, demo_checkpoint, is_demo
-from app.images import CheckedImage, centre_has_source, check_image
-from app.schemas import ModelOut, PredictionOut
-from app.skyserver import SkyServerClient, SkyServerError, SkyServerTimeout, is_blank_cutout
-from training.model import Checkpoint, Predictor, file_sha256
-from training.predict import cutout_geometry
-from training.preprocess import decode_image
-from training.train import pick_device
-from worker.engine import InferenceEngine, default_tta
+from galmet.app import cache, db
+from galmet.app.core.config import Settings
+from galmet.app.demo import DEMO_NOTICE, demo_checkpoint, is_demo
+from galmet.app.images import CheckedImage, centre_has_source, check_image
+from galmet.app.schemas import ModelOut, PredictionOut
+from galmet.app.skyserver import SkyServerClient, SkyServerError, SkyServerTimeout, is_blank_cutout
+from galmet.training.model import Checkpoint, Predictor, file_sha256
+from galmet.training.predict import cutout_geometry
+from galmet.training.preprocess import decode_image
+from galmet.training.train import pick_device
+from galmet.worker.engine import InferenceEngine, default_tta
 
 if TYPE_CHECKING:
-    from app.jobs import CeleryJobs, InProcessJobs
+    from galmet.app.jobs import CeleryJobs, InProcessJobs
 
 log = logging.getLogger("galmet.service")
 
@@ -121,7 +121,7 @@ class Service:
             concurrency=s.fetch_concurrency,
         )
         if not worker:
-            from app.jobs import CeleryJobs, InProcessJobs
+            from galmet.app.jobs import CeleryJobs, InProcessJobs
 
             self.jobs = CeleryJobs(self, s.broker_url) if s.broker_url else InProcessJobs(self)
             await self.jobs.start()
@@ -271,8 +271,8 @@ class Service:
         self, stream: BinaryIO, filename: str | None, content_type: str | None
     ) -> dict:
         """Parse (streaming), write and queue a job; returns its status document."""
-        from app import jobs
-        from app.targets import TargetsError, parse_targets, target_format
+        from galmet.app import jobs
+        from galmet.app.targets import TargetsError, parse_targets, target_format
 
         m, s = self._model(), self.settings
 
@@ -308,7 +308,7 @@ class Service:
         return await self.job_status(job.id)
 
     async def job_status(self, job_id: str) -> dict:
-        from app.jobs import job_status
+        from galmet.app.jobs import job_status
 
         status = await self.run_db(job_status, job_id)
         if status is None:
@@ -317,7 +317,7 @@ class Service:
 
     async def job_results(self, job_id: str) -> tuple[dict, list[dict]]:
         """The job's status and one result dict per input row."""
-        from app.jobs import job_results
+        from galmet.app.jobs import job_results
 
         status = await self.job_status(job_id)
         return status, await self.run_db(job_results, job_id)

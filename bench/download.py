@@ -15,10 +15,10 @@ import json
 import tempfile
 from pathlib import Path
 
-from app.skyserver import DEFAULT_CONCURRENCY, DEFAULT_RATE, SkyServerClient
-from training.download import DownloadSummary, download_cutouts
-from training.mock_skyserver import Faults, create_app, serve_in_thread
-from training.mocksky import MockSky
+from galmet.app.skyserver import DEFAULT_CONCURRENCY, DEFAULT_RATE, SkyServerClient
+from galmet.training.download import DownloadSummary, download_cutouts
+from galmet.training.mock_skyserver import Faults, create_app, serve_in_thread
+from galmet.training.mocksky import MockSky
 
 
 def run_once(url: str, catalog, out: Path, concurrency: int, rate: float | None) -> DownloadSummary:

@@ -30,11 +30,11 @@ import time
 
 import torch
 
-from training.mocksky import MockSky
-from training.model import Checkpoint, GalmetNet, Predictor
-from training.preprocess import decode_image
-from training.train import pick_device
-from worker.engine import InferenceEngine, predict_arrays
+from galmet.training.mocksky import MockSky
+from galmet.training.model import Checkpoint, GalmetNet, Predictor
+from galmet.training.preprocess import decode_image
+from galmet.training.train import pick_device
+from galmet.worker.engine import InferenceEngine, predict_arrays
 
 
 def random_predictor(size: int, device: torch.device) -> Predictor:

@@ -38,7 +38,7 @@ import httpx
 import sqlalchemy as sa
 from serve import free_port, process  # bench/serve.py, beside this file
 
-from training.mocksky import MockSky
+from galmet.training.mocksky import MockSky
 
 SKY_SEED = 11
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -49,7 +49,7 @@ def random_model(path: Path) -> Path:
     """A random-weight ResNet-34 checkpoint: 32 px input, cutouts of 64 px at 0.396″/px."""
     import torch
 
-    from training.model import Checkpoint, GalmetNet
+    from galmet.training.model import Checkpoint, GalmetNet
 
     torch.manual_seed(0)
     net = GalmetNet(2)
@@ -119,9 +119,9 @@ def warm_up(sky_url: str, rows, model: Path) -> float:
     returns cutouts rendered per second."""
     import asyncio
 
-    from app.skyserver import SkyServerClient
-    from training.model import Checkpoint
-    from training.predict import cutout_geometry
+    from galmet.app.skyserver import SkyServerClient
+    from galmet.training.model import Checkpoint
+    from galmet.training.predict import cutout_geometry
 
     size, scale = cutout_geometry(Checkpoint.load(model))
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from training.mocksky import MockSky
+from galmet.training.mocksky import MockSky
 
 SKY_N, SKY_SEED = 2000, 7
 
@@ -130,8 +130,8 @@ def main() -> None:
     parser.add_argument("--cached-requests", type=int, default=2000)
     args = parser.parse_args()
 
-    from training.model import Checkpoint
-    from training.predict import cutout_geometry
+    from galmet.training.model import Checkpoint
+    from galmet.training.predict import cutout_geometry
 
     size, scale = cutout_geometry(Checkpoint.load(args.model))
     sky = MockSky(SKY_N, SKY_SEED)

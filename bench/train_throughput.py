@@ -34,11 +34,11 @@ import numpy as np
 import torch
 from astropy.table import Table
 
-from training.augment import N_D4, d4
-from training.dataset import GalaxyData, TargetScaler
-from training.model import build_model
-from training.preprocess import normalise
-from training.train import (
+from galmet.training.augment import N_D4, d4
+from galmet.training.dataset import GalaxyData, TargetScaler
+from galmet.training.model import build_model
+from galmet.training.preprocess import normalise
+from galmet.training.train import (
     GROUP_LR_RATIOS,
     TrainConfig,
     Trainer,

@@ -46,7 +46,7 @@ RUN set -eux; \
     pip install --no-deps /tmp/galmet; \
     rm -rf /tmp/galmet; \
     galmet --version; \
-    python -c "import worker.tasks; from app.main import create_app; create_app()"
+    python -c "import galmet.worker.tasks; from galmet.app.main import create_app; create_app()"
 
 # An unprivileged user; its home holds the caches (the demo model, when no GALMET_MODEL is set).
 RUN useradd --create-home --uid 10001 --user-group galmet

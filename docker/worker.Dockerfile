@@ -45,7 +45,7 @@ RUN set -eux; \
     pip install --no-deps /tmp/galmet; \
     rm -rf /tmp/galmet; \
     galmet --version; \
-    python -c "import worker.tasks; from app.main import create_app; create_app()"
+    python -c "import galmet.worker.tasks; from galmet.app.main import create_app; create_app()"
 
 RUN useradd --create-home --uid 10001 --user-group galmet
 USER galmet

@@ -18,32 +18,41 @@ from galmet.errors import GalmetError
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": (
-        "app.serve",
+        "galmet.app.serve",
         "run the API and web page (embedded defaults: SQLite, in-process inference)",
     ),
-    "worker": ("worker.cli", "run a Celery worker for batch jobs (GPU when present)"),
-    "submit": ("app.submit", "send a target list to a galmet service as a batch job"),
-    "simulate": ("training.simulate", "write a mock SDSS sample: catalog.csv, images/, truth.csv"),
-    "mock-skyserver": ("training.mock_skyserver", "serve a local stand-in for SDSS SkyServer"),
-    "catalog": ("training.catalog", "run the sample-selection query against SkyServer"),
-    "download": ("training.download", "fetch image cutouts for a catalog: concurrent, resumable"),
+    "worker": ("galmet.worker.cli", "run a Celery worker for batch jobs (GPU when present)"),
+    "submit": ("galmet.app.submit", "send a target list to a galmet service as a batch job"),
+    "simulate": (
+        "galmet.training.simulate",
+        "write a mock SDSS sample: catalog.csv, images/, truth.csv",
+    ),
+    "mock-skyserver": (
+        "galmet.training.mock_skyserver",
+        "serve a local stand-in for SDSS SkyServer",
+    ),
+    "catalog": ("galmet.training.catalog", "run the sample-selection query against SkyServer"),
+    "download": (
+        "galmet.training.download",
+        "fetch image cutouts for a catalog: concurrent, resumable",
+    ),
     "train": (
-        "training.train",
+        "galmet.training.train",
         "train the ResNet-34: frozen head, then SGDR with layer-group rates",
     ),
     "baseline": (
-        "training.baseline",
+        "galmet.training.baseline",
         "random forest on g, r, i magnitudes, same split and metrics as the CNN",
     ),
     "evaluate": (
-        "training.evaluate",
+        "galmet.training.evaluate",
         "RMSE, NMAD, outliers and figures of a model on the test split",
     ),
     "predict": (
-        "training.predict",
+        "galmet.training.predict",
         "predictions for image files or sky coordinates, without the server",
     ),
-    "db": ("app.dbcli", "database migrations: galmet db upgrade applies them all"),
+    "db": ("galmet.app.dbcli", "database migrations: galmet db upgrade applies them all"),
 }
 
 

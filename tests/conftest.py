@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 
-from app.db import normalize_url
+from galmet.app.db import normalize_url
+from galmet.training.mocksky import MockSky
 from tests.helpers import tiny_checkpoint
-from training.mocksky import MockSky
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +30,7 @@ def mock_skyserver(mock_sky: MockSky) -> Iterator[str]:
     """Base URL (release included, e.g. ``http://127.0.0.1:PORT/dr17``) of a mock SkyServer
     serving ``mock_sky`` without faults. Shared by the session: reset its counters with
     ``POST {root}/mock/reset`` before counting requests."""
-    from training.mock_skyserver import create_app, serve_in_thread
+    from galmet.training.mock_skyserver import create_app, serve_in_thread
 
     with serve_in_thread(create_app(mock_sky)) as url:
         yield url

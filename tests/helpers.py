@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from training.model import Checkpoint, GalmetNet
+from galmet.training.model import Checkpoint, GalmetNet
 
 
 def tiny_checkpoint(n_out: int = 2, seed: int = 0, **fields) -> Checkpoint:
@@ -32,9 +32,9 @@ def tiny_checkpoint(n_out: int = 2, seed: int = 0, **fields) -> Checkpoint:
 def service(tiny_model: Path, skyserver: str, database_url: str, tmp_path: Path, **extra):
     """The galmet service over loopback (a context manager yielding its base URL), with
     small limits and quick SkyServer retries for tests; ``extra`` settings override them."""
-    from app.core.config import Settings
-    from app.main import create_app
-    from training.mock_skyserver import serve_in_thread
+    from galmet.app.core.config import Settings
+    from galmet.app.main import create_app
+    from galmet.training.mock_skyserver import serve_in_thread
 
     values = {
         "database_url": database_url,

@@ -17,10 +17,10 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
+from galmet.training.mock_skyserver import Faults, serve_in_thread
+from galmet.training.mock_skyserver import create_app as create_mock
+from galmet.training.model import file_sha256
 from tests.helpers import galaxy, service
-from training.mock_skyserver import Faults, serve_in_thread
-from training.mock_skyserver import create_app as create_mock
-from training.model import file_sha256
 
 API = "/api/v1"
 

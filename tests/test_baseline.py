@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from galmet.cli import main as galmet
-from training.dataset import select_rows, split_indices
+from galmet.training.dataset import select_rows, split_indices
 
 TARGETS = ["oh_p50", "lgm_tot_p50"]
 

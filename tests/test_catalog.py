@@ -11,9 +11,9 @@ from astropy.table import Table
 
 from galmet.cli import main as galmet
 from galmet.errors import GalmetError
-from training.catalog import MAX_PAGE_SIZE, build_query, skyserver_base_url
-from training.mock_skyserver import Faults, create_app, serve_in_thread
-from training.mocksky import CATALOG_COLUMNS, sample_cuts
+from galmet.training.catalog import MAX_PAGE_SIZE, build_query, skyserver_base_url
+from galmet.training.mock_skyserver import Faults, create_app, serve_in_thread
+from galmet.training.mocksky import CATALOG_COLUMNS, sample_cuts
 
 
 def root(base_url: str) -> str:

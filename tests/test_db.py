@@ -24,7 +24,7 @@ from sqlalchemy import Engine, func, inspect, select
 from sqlalchemy.exc import StatementError
 from sqlalchemy.orm import Session
 
-from app.cache import (
+from galmet.app.cache import (
     CELL_DEG,
     find_image,
     find_sky,
@@ -34,7 +34,7 @@ from app.cache import (
     store_cutout,
     store_prediction,
 )
-from app.db import (
+from galmet.app.db import (
     alembic_config,
     check,
     make_engine,
@@ -42,7 +42,7 @@ from app.db import (
     sessionmaker_for,
     upgrade,
 )
-from app.models import Base, Cutout, Prediction
+from galmet.app.models import Base, Cutout, Prediction
 from galmet.cli import main
 
 MODEL = "a" * 64  # a model version (checkpoint SHA-256)
@@ -158,7 +158,7 @@ def test_galmet_db_upgrade_runs_from_any_directory(tmp_path):
 
 
 def test_galmet_db_upgrade_default_url_comes_from_settings(tmp_path, monkeypatch):
-    from app.core.config import get_settings
+    from galmet.app.core.config import get_settings
 
     path = tmp_path / "from-settings.sqlite3"
     monkeypatch.setenv("GALMET_DATABASE_URL", f"sqlite:///{path}")
@@ -444,7 +444,7 @@ def test_concurrent_identical_cutout_stores_leave_one_row(new_session):
 
 
 def test_bulk_stores_keep_order_and_one_row_per_key(session):
-    from app.cache import store_cutouts, store_predictions
+    from galmet.app.cache import store_cutouts, store_predictions
 
     def item(ra: float, oh: float) -> dict:
         return {

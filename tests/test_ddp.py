@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from galmet.training.dataset import split_indices
+from galmet.training.distributed import DistInfo, from_environment, local_batch
+from galmet.training.model import Checkpoint, Predictor
+from galmet.training.simulate import simulate
 from tests.ddp_probe import state_hash
-from training.dataset import split_indices
-from training.distributed import DistInfo, from_environment, local_batch
-from training.model import Checkpoint, Predictor
-from training.simulate import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from app.core.config import Settings
-from app.demo import DEMO_NOTICE, demo_checkpoint, demo_path, is_demo
-from training.model import Checkpoint, Predictor
+from galmet.app.core.config import Settings
+from galmet.app.demo import DEMO_NOTICE, demo_checkpoint, demo_path, is_demo
+from galmet.training.model import Checkpoint, Predictor
 
 
 @pytest.fixture
@@ -54,6 +54,6 @@ def test_other_checkpoints_are_not_demos():
 def _jpeg() -> bytes:
     import numpy as np
 
-    from training.mocksky import encode_jpeg
+    from galmet.training.mocksky import encode_jpeg
 
     return encode_jpeg(np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8))

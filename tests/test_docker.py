@@ -30,8 +30,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import make_url
 
-from app.db import normalize_url
-from app.skyserver import DEFAULT_SKYSERVER_URL
+from galmet.app.db import normalize_url
+from galmet.app.skyserver import DEFAULT_SKYSERVER_URL
 from galmet.cli import COMMANDS
 
 yaml = pytest.importorskip("yaml")  # PyYAML: installed with astropy, a dependency
@@ -534,10 +534,9 @@ def test_build_context_has_what_the_install_needs_and_no_more(tmp_path):
     context = build_context()
     tops = {rel.split("/")[0] for rel in context}
     # Every package pyproject.toml installs.
-    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    for pattern in find["packages"]["find"]["include"]:
-        for package in ROOT.glob(pattern.rstrip("*") + "*/__init__.py"):
-            assert package.parent.name in tops, f".dockerignore leaves out {package.parent.name}/"
+    folders = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    for folder in folders["package-dir"].values():
+        assert folder in tops, f".dockerignore leaves out {folder}/"
     needed = ["pyproject.toml", "README.md", "galmet/cli.py", "app/main.py", "worker/cli.py"]
     needed += ["training/model.py", "alembic/env.py", "alembic/script.py.mako"]
     needed += [p.relative_to(ROOT).as_posix() for p in (ROOT / "alembic/versions").glob("*.py")]
@@ -589,8 +588,11 @@ def test_wheel_from_the_build_context_has_everything_the_images_run(tmp_path):
     }
     # The web page's files: without them `galmet serve` cannot start (StaticFiles checks).
     for folder in ("app/static", "app/templates"):
-        expected |= {p.relative_to(ROOT).as_posix() for p in (ROOT / folder).rglob("*.*")}
-    expected |= {"galmet/cli.py", "worker/cli.py", "worker/tasks.py", "app/dbcli.py"}
+        expected |= {
+            f"galmet/{p.relative_to(ROOT).as_posix()}" for p in (ROOT / folder).rglob("*.*")
+        }
+    expected |= {"galmet/cli.py", "galmet/worker/cli.py", "galmet/worker/tasks.py"}
+    expected |= {"galmet/app/dbcli.py"}
     missing = sorted(expected - names)
     assert not missing, f"the wheel the images install lacks {missing}"
     assert any(n.endswith("entry_points.txt") for n in names)

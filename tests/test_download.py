@@ -11,11 +11,11 @@ import httpx
 import pytest
 from astropy.table import Table, vstack
 
-from app.skyserver import SkyServerClient, decode_jpeg
+from galmet.app.skyserver import SkyServerClient, decode_jpeg
 from galmet.cli import main as cli_main
-from training.download import DownloadSummary, download_cutouts
-from training.mock_skyserver import Faults, create_app, serve_in_thread
-from training.mocksky import FOOTPRINT, MockSky
+from galmet.training.download import DownloadSummary, download_cutouts
+from galmet.training.mock_skyserver import Faults, create_app, serve_in_thread
+from galmet.training.mocksky import FOOTPRINT, MockSky
 
 N = 16
 OFF_FOOTPRINT_ID = 999

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.model import Checkpoint, GalmetNet, Predictor
-from worker.engine import (
+from galmet.training.model import Checkpoint, GalmetNet, Predictor
+from galmet.worker.engine import (
     TTA_CPU,
     TTA_GPU,
     EngineClosed,

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from galmet.cli import main as galmet
-from training.augment import d4
-from training.dataset import load_data, select_rows, split_indices
-from training.evaluate import evaluate
-from training.model import Checkpoint, GalmetNet, file_sha256
-from training.preprocess import normalise
-from training.simulate import simulate
+from galmet.training.augment import d4
+from galmet.training.dataset import load_data, select_rows, split_indices
+from galmet.training.evaluate import evaluate
+from galmet.training.model import Checkpoint, GalmetNet, file_sha256
+from galmet.training.preprocess import normalise
+from galmet.training.simulate import simulate
 
 TARGETS = ["oh_p50", "lgm_tot_p50"]
 

@@ -15,9 +15,9 @@ import httpx
 import pytest
 from astropy.io.votable import parse_single_table
 
+from galmet.training.mock_skyserver import Faults, serve_in_thread
+from galmet.training.mock_skyserver import create_app as create_mock
 from tests.helpers import galaxy, service
-from training.mock_skyserver import Faults, serve_in_thread
-from training.mock_skyserver import create_app as create_mock
 
 API = "/api/v1"
 
@@ -241,8 +241,8 @@ def test_metrics_and_readiness(api, mock_sky):
 
 # ---------------------------------------------------------------------------- lost chunks
 def _job_in(database_url: str, n: int = 5, chunk_size: int = 2):
-    from app import db, jobs
-    from app.targets import TargetRow
+    from galmet.app import db, jobs
+    from galmet.app.targets import TargetRow
 
     db.upgrade(database_url)
     sessions = db.sessionmaker_for(db.make_engine(database_url))
@@ -260,8 +260,8 @@ def test_stalled_chunks_are_found_by_heartbeat_or_by_an_empty_queue(database_url
 
     from sqlalchemy import update
 
-    from app import jobs
-    from app.models import JobChunk
+    from galmet.app import jobs
+    from galmet.app.models import JobChunk
 
     sessions, job = _job_in(database_url)
     with sessions() as s:
@@ -281,8 +281,8 @@ def test_stalled_chunks_are_found_by_heartbeat_or_by_an_empty_queue(database_url
 def test_a_chunk_that_never_finishes_is_given_up_with_a_reason(database_url):
     from sqlalchemy import update
 
-    from app import jobs
-    from app.models import JobChunk
+    from galmet.app import jobs
+    from galmet.app.models import JobChunk
 
     sessions, job = _job_in(database_url, n=3, chunk_size=2)
     with sessions() as s:

@@ -21,10 +21,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from galmet.training.mock_skyserver import Faults, serve_in_thread
+from galmet.training.mock_skyserver import create_app as create_mock
 from tests.helpers import service
 from tests.test_jobs import API, mock_stats, results, submit, targets_csv, wait
-from training.mock_skyserver import Faults, serve_in_thread
-from training.mock_skyserver import create_app as create_mock
 
 SHARED_REDIS = "redis://127.0.0.1:6379/15"  # a database number of its own, flushed per test
 pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from app.core.logs import JsonFormatter, PlainFormatter
+from galmet.app.core.logs import JsonFormatter, PlainFormatter
 
 
 def record(**extra) -> logging.LogRecord:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.figures import plot_calibration, plot_loss_curve, plot_mmr, plot_prediction
-from training.metrics import (
+from galmet.training.figures import plot_calibration, plot_loss_curve, plot_mmr, plot_prediction
+from galmet.training.metrics import (
     bias,
     calibration,
     metrics_record,

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.skyserver import SkyServerClient, SkyServerError, decode_jpeg, is_blank_cutout
+from galmet.app.skyserver import SkyServerClient, SkyServerError, decode_jpeg, is_blank_cutout
 from galmet.errors import GalmetError
-from training.mock_skyserver import (
+from galmet.training.mock_skyserver import (
     Faults,
     create_app,
     load_sky,

@@ -12,7 +12,7 @@ from PIL import Image
 from sklearn.ensemble import RandomForestRegressor
 
 from galmet.cli import main as galmet
-from training.mocksky import (
+from galmet.training.mocksky import (
     CATALOG_COLUMNS,
     FOOTPRINT,
     MISSING,

@@ -11,9 +11,9 @@ from astropy.coordinates import Angle
 
 from galmet.cli import main as galmet
 from galmet.errors import GalmetError
+from galmet.training.model import Checkpoint, Predictor, file_sha256
+from galmet.training.predict import cutout_geometry, parse_dec, parse_ra
 from tests.helpers import tiny_checkpoint
-from training.model import Checkpoint, Predictor, file_sha256
-from training.predict import cutout_geometry, parse_dec, parse_ra
 
 
 @pytest.fixture(scope="module")

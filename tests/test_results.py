@@ -13,8 +13,8 @@ import pytest
 from astropy.io.votable import parse
 from astropy.table import Table
 
-from app.results import RESULT_COLUMNS, results_csv, results_json, results_votable
-from app.targets import parse_votable_targets
+from galmet.app.results import RESULT_COLUMNS, results_csv, results_json, results_votable
+from galmet.app.targets import parse_votable_targets
 
 FLOATS = [
     "ra",

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.skyserver import (
+from galmet.app.skyserver import (
     SkyServerClient,
     SkyServerError,
     SkyServerTimeout,
@@ -333,13 +333,13 @@ def test_blank_synthetic():
 
 @pytest.fixture(scope="module")
 def sky():
-    from training.mocksky import MockSky
+    from galmet.training.mocksky import MockSky
 
     return MockSky(300, seed=5)
 
 
 def test_blank_off_footprint_mock_cutout(sky):
-    from training.mocksky import FOOTPRINT
+    from galmet.training.mocksky import FOOTPRINT
 
     ra_min, _, dec_min, _ = FOOTPRINT
     for ra, dec in ((ra_min - 20, 10.0), (ra_min + 10, dec_min - 5), (10.0, -30.0)):

@@ -13,7 +13,7 @@ from astropy import units as u
 from astropy.io.votable import from_table
 from astropy.table import MaskedColumn, Table
 
-from app.targets import (
+from galmet.app.targets import (
     MAX_ID_LENGTH,
     MAX_LINE_CHARS,
     TargetRow,

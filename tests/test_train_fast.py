@@ -16,13 +16,12 @@ import torch
 from PIL import Image
 
 from galmet.errors import GalmetError
-from tests.helpers import tiny_checkpoint
-from training.augment import d4, random_d4
-from training.dataset import TargetScaler, load_data, split_indices
-from training.model import Checkpoint, Predictor
-from training.preprocess import decode_batch, decode_image, gpu_decodable, normalise
-from training.simulate import simulate
-from training.train import (
+from galmet.training.augment import d4, random_d4
+from galmet.training.dataset import TargetScaler, load_data, split_indices
+from galmet.training.model import Checkpoint, Predictor
+from galmet.training.preprocess import decode_batch, decode_image, gpu_decodable, normalise
+from galmet.training.simulate import simulate
+from galmet.training.train import (
     TrainConfig,
     Trainer,
     add_arguments,
@@ -32,6 +31,7 @@ from training.train import (
     stage_images,
     train,
 )
+from tests.helpers import tiny_checkpoint
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

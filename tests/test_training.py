@@ -11,13 +11,12 @@ from torch import nn
 
 from galmet.cli import main as galmet
 from galmet.errors import GalmetError
-from tests.helpers import tiny_checkpoint
-from training.augment import TTA_TRANSFORMS, d4, random_d4, tta_views
-from training.dataset import TargetScaler, load_data, split_indices
-from training.model import Checkpoint, GalmetNet, Predictor, build_model
-from training.preprocess import decode_image, normalise
-from training.simulate import simulate
-from training.train import (
+from galmet.training.augment import TTA_TRANSFORMS, d4, random_d4, tta_views
+from galmet.training.dataset import TargetScaler, load_data, split_indices
+from galmet.training.model import Checkpoint, GalmetNet, Predictor, build_model
+from galmet.training.preprocess import decode_image, normalise
+from galmet.training.simulate import simulate
+from galmet.training.train import (
     GROUP_LR_RATIOS,
     TrainConfig,
     Trainer,
@@ -25,6 +24,7 @@ from training.train import (
     make_scheduler,
     train,
 )
+from tests.helpers import tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -51,7 +51,7 @@ def _oracle_floor(data_dir: Path, objid: np.ndarray, oh: np.ndarray) -> dict | N
     path = data_dir / "truth.csv"
     if not path.exists():
         return None
-    from training.metrics import nmad, rmse
+    from galmet.training.metrics import nmad, rmse
 
     truth = Table.read(path, format="ascii.csv")
     lookup = dict(
@@ -90,9 +90,9 @@ def run(
     """Fit one forest per target, evaluate on ``split``, write the files; returns the metrics."""
     from sklearn.ensemble import RandomForestRegressor
 
-    from training.dataset import select_rows, split_indices
-    from training.figures import MASS_LABEL, OH_LABEL, plot_mmr, plot_prediction
-    from training.metrics import metrics_record, mmr_comparison, summarise, write_metrics
+    from galmet.training.dataset import select_rows, split_indices
+    from galmet.training.figures import MASS_LABEL, OH_LABEL, plot_mmr, plot_prediction
+    from galmet.training.metrics import metrics_record, mmr_comparison, summarise, write_metrics
 
     data = Path(data)
     targets = list(dict.fromkeys(targets or [OH]))  # drop repeats, keep order

@@ -21,9 +21,9 @@ import numpy as np
 from astropy.table import Table, vstack
 from tqdm import tqdm
 
-from app.skyserver import DEFAULT_RETRIES, DEFAULT_SKYSERVER_URL, SkyServerClient
+from galmet.app.skyserver import DEFAULT_RETRIES, DEFAULT_SKYSERVER_URL, SkyServerClient
 from galmet.errors import GalmetError
-from training.mocksky import CATALOG_COLUMNS
+from galmet.training.mocksky import CATALOG_COLUMNS
 
 #: SkyServer's row limit per query; a page may not be larger, or a truncated page would
 #: look like the last one.

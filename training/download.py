@@ -35,7 +35,7 @@ import numpy as np
 from astropy.table import Table
 from tqdm import tqdm
 
-from app.skyserver import (
+from galmet.app.skyserver import (
     DEFAULT_CONCURRENCY,
     DEFAULT_RATE,
     DEFAULT_RETRIES,

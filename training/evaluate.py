@@ -32,8 +32,8 @@ import torch
 from tqdm import tqdm
 
 from galmet.errors import GalmetError
-from training.dataset import load_images, select_rows, split_indices
-from training.model import Checkpoint, Prediction, Predictor, file_sha256
+from galmet.training.dataset import load_images, select_rows, split_indices
+from galmet.training.model import Checkpoint, Prediction, Predictor, file_sha256
 
 SPLITS = ("test", "valid", "train")
 OH, MASS = "oh_p50", "lgm_tot_p50"
@@ -151,16 +151,16 @@ def evaluate(
     batch_size: int = 128,
 ) -> Evaluation:
     """Predict ``split`` with TTA 1 and ``tta``, write metrics, figures and predictions."""
-    from training.baseline import _oracle_floor
-    from training.figures import (
+    from galmet.training.baseline import _oracle_floor
+    from galmet.training.figures import (
         MASS_LABEL,
         OH_LABEL,
         plot_calibration,
         plot_mmr,
         plot_prediction,
     )
-    from training.metrics import metrics_record, mmr_comparison, summarise, write_metrics
-    from training.train import pick_device
+    from galmet.training.metrics import metrics_record, mmr_comparison, summarise, write_metrics
+    from galmet.training.train import pick_device
 
     model, data = Path(model), Path(data)
     if split not in SPLITS:

@@ -16,7 +16,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
-from training.metrics import (
+from galmet.training.metrics import (
     binned_relation,
     calibration,
     default_min_count,

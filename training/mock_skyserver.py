@@ -80,9 +80,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app.skyserver import MAX_SIZE, MIN_SIZE
+from galmet.app.skyserver import MAX_SIZE, MIN_SIZE
 from galmet.errors import GalmetError
-from training.mocksky import BANDS
+from galmet.training.mocksky import BANDS
 
 #: Row limit of one SkyServer SQL query (``MaxRows`` of the public site).
 MAX_ROWS = 500_000
@@ -585,7 +585,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def load_sky(data: Path | None, n: int, seed: int) -> Any:
     """The MockSky that ``galmet simulate`` wrote to ``data`` (its mock.json), or a fresh
     one of ``n`` galaxies from ``seed``."""
-    from training.mocksky import MockSky
+    from galmet.training.mocksky import MockSky
 
     if data is None:
         if n < 1:

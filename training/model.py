@@ -25,8 +25,8 @@ import torchvision
 from torch import nn
 
 from galmet.errors import GalmetError
-from training.augment import tta_views
-from training.preprocess import IMAGENET_MEAN, IMAGENET_STD, decode_batch, normalise
+from galmet.training.augment import tta_views
+from galmet.training.preprocess import IMAGENET_MEAN, IMAGENET_STD, decode_batch, normalise
 
 ARCHITECTURE = "resnet34"
 CHECKPOINT_FORMAT = "galmet-checkpoint/1"

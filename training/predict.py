@@ -29,8 +29,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from app import coords
-from app.skyserver import (
+from galmet.app import coords
+from galmet.app.skyserver import (
     DEFAULT_SCALE,
     DEFAULT_SIZE,
     DEFAULT_SKYSERVER_URL,
@@ -40,8 +40,8 @@ from app.skyserver import (
     is_blank_cutout,
 )
 from galmet.errors import GalmetError
-from training.model import Checkpoint, Prediction, Predictor, file_sha256
-from training.preprocess import decode_image
+from galmet.training.model import Checkpoint, Prediction, Predictor, file_sha256
+from galmet.training.preprocess import decode_image
 
 #: Output names of the design's prediction record: catalog column -> (value, sigma) fields.
 FIELDS = {"oh_p50": ("oh_p50", "oh_sigma"), "lgm_tot_p50": ("log_mstar", "log_mstar_sigma")}
@@ -212,7 +212,7 @@ def format_table(recs: list[dict], outputs: list[str]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from training.train import pick_device
+    from galmet.training.train import pick_device
 
     by_coords = args.ra is not None or args.dec is not None
     if by_coords and args.images:

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from app.skyserver import MAX_SIZE, MIN_SIZE
+from galmet.app.skyserver import MAX_SIZE, MIN_SIZE
 from galmet.errors import GalmetError
-from training.mocksky import MockSky, MockSkyConfig
+from galmet.training.mocksky import MockSky, MockSkyConfig
 
 # The sky of this process: the main one's, or each worker's own (built by _init_worker).
 _SKY: MockSky | None = None

@@ -39,12 +39,18 @@ from torch import nn
 from tqdm import tqdm
 
 from galmet.errors import GalmetError
-from training import distributed
-from training.augment import TTA_TRANSFORMS, random_d4
-from training.dataset import GalaxyData, TargetScaler, kfold_indices, load_data, split_indices
-from training.distributed import DistInfo
-from training.model import Checkpoint, GalmetNet, Predictor, build_model
-from training.preprocess import normalise
+from galmet.training import distributed
+from galmet.training.augment import TTA_TRANSFORMS, random_d4
+from galmet.training.dataset import (
+    GalaxyData,
+    TargetScaler,
+    kfold_indices,
+    load_data,
+    split_indices,
+)
+from galmet.training.distributed import DistInfo
+from galmet.training.model import Checkpoint, GalmetNet, Predictor, build_model
+from galmet.training.preprocess import normalise
 
 #: Learning-rate ratios of the three layer groups (early body, late body, head).
 GROUP_LR_RATIOS = (1 / 9, 1 / 3, 1.0)
@@ -629,7 +635,7 @@ def calibrate_sigma(predictor: Predictor, data: GalaxyData, rows: np.ndarray) ->
 
 def test_metrics(predictor: Predictor, data: GalaxyData, rows: np.ndarray, tta: int) -> dict:
     """RMSE, NMAD and calibration on the test rows, without and with TTA."""
-    from training.metrics import summarise
+    from galmet.training.metrics import summarise
 
     results = {}
     if len(rows) == 0:
@@ -649,7 +655,7 @@ def write_history(out: Path, history: list[dict]) -> None:
 
 
 def plot_history(out: Path, history: list[dict]) -> None:
-    from training.figures import plot_loss_curve
+    from galmet.training.figures import plot_loss_curve
 
     plot_loss_curve(history, out.with_name(out.name + ".loss.png"))
 

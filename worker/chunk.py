@@ -23,12 +23,12 @@ from datetime import UTC, datetime
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
-from app import cache
-from app.images import centre_has_source
-from app.metrics import JOB_TARGETS
-from app.models import Job, JobChunk, JobTarget
-from app.service import ApiError, Service, blank_cutout_error
-from training.preprocess import decode_image
+from galmet.app import cache
+from galmet.app.images import centre_has_source
+from galmet.app.metrics import JOB_TARGETS
+from galmet.app.models import Job, JobChunk, JobTarget
+from galmet.app.service import ApiError, Service, blank_cutout_error
+from galmet.training.preprocess import decode_image
 
 log = logging.getLogger("galmet.jobs")
 

@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from app.core.config import checked_settings
-    from app.core.logs import setup_logging
+    from galmet.app.core.config import checked_settings
+    from galmet.app.core.logs import setup_logging
 
     if args.concurrency < 1:
         raise GalmetError("--concurrency must be at least 1")
@@ -41,8 +41,8 @@ def main(args: argparse.Namespace) -> int:
         )
     setup_logging(args.log_level, settings.log_json)
     preflight(settings)
-    from worker.celery_app import QUEUE
-    from worker.tasks import make_worker_app
+    from galmet.worker.celery_app import QUEUE
+    from galmet.worker.tasks import make_worker_app
 
     app = make_worker_app(settings)
     name = args.name or f"galmet-{os.getpid()}@{socket.gethostname()}"
@@ -66,9 +66,9 @@ def preflight(settings) -> None:
     """Fail at once, in one line, where every chunk would fail later: no GPU where one was
     asked for, a checkpoint that does not load. The demo model (no GALMET_MODEL) is built here,
     once, before the pool processes start."""
-    from app.demo import demo_checkpoint
-    from training.model import Checkpoint
-    from training.train import pick_device
+    from galmet.app.demo import demo_checkpoint
+    from galmet.training.model import Checkpoint
+    from galmet.training.train import pick_device
 
     pick_device(settings.device)
     path = settings.model or demo_checkpoint(settings)

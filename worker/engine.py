@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.metrics import observe_batch
-from training.augment import TTA_TRANSFORMS
-from training.model import Predictor
+from galmet.app.metrics import observe_batch
+from galmet.training.augment import TTA_TRANSFORMS
+from galmet.training.model import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class InferenceEngine:
         cls, path: str | Path, device: str | torch.device = "cpu", **kwargs
     ) -> InferenceEngine:
         """An engine for the checkpoint file at ``path`` on ``device`` (``auto`` allowed)."""
-        from training.train import pick_device
+        from galmet.training.train import pick_device
 
         if str(device) in ("auto", "cpu", "cuda"):
             device = pick_device(str(device))

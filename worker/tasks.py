@@ -16,10 +16,10 @@ from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from app.core.config import Settings
-from app.service import Service
-from worker.celery_app import TASK_NAME, make_celery
-from worker.chunk import run_chunk
+from galmet.app.core.config import Settings
+from galmet.app.service import Service
+from galmet.worker.celery_app import TASK_NAME, make_celery
+from galmet.worker.chunk import run_chunk
 
 log = logging.getLogger("galmet.worker")
 
@@ -37,7 +37,7 @@ def runtime() -> tuple[asyncio.AbstractEventLoop, Service]:
     global _runtime
     if _runtime is None:
         if _settings is None:
-            raise RuntimeError("worker.tasks.make_worker_app was not called")
+            raise RuntimeError("galmet.worker.tasks.make_worker_app was not called")
         loop = asyncio.new_event_loop()
         service = Service(_settings)
         loop.run_until_complete(service.start(worker=True))
@@ -81,7 +81,7 @@ def _load_at_start(**_) -> None:
     # Load the model when the process starts, not inside the first chunk: the first chunk is
     # then as fast as the rest, and a broken checkpoint shows in the log at once.
     if _settings is not None:
-        from app.metrics import serve_worker_metrics
+        from galmet.app.metrics import serve_worker_metrics
 
         serve_worker_metrics(_settings.worker_metrics_port)
         runtime()

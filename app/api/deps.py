@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.service import Service
+from galmet.app.service import Service
 
 
 def get_service(request: Request) -> Service:

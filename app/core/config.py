@@ -14,7 +14,7 @@ from platformdirs import user_cache_dir, user_data_dir
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.skyserver import DEFAULT_SKYSERVER_URL
+from galmet.app.skyserver import DEFAULT_SKYSERVER_URL
 
 
 def default_database_url() -> str:
@@ -73,7 +73,7 @@ def checked_settings() -> Settings:
     from pydantic import ValidationError
     from sqlalchemy.exc import ArgumentError
 
-    from app.db import normalize_url
+    from galmet.app.db import normalize_url
     from galmet.errors import GalmetError
 
     try:

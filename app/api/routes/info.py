@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from app.api.deps import ServiceDep
-from app.schemas import HealthOut, ModelOut, ReadyOut
+from galmet.app.api.deps import ServiceDep
+from galmet.app.schemas import HealthOut, ModelOut, ReadyOut
 
 router = APIRouter(tags=["service"])
 

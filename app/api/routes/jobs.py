@@ -11,10 +11,10 @@ from anyio import to_thread
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from app.api.deps import ServiceDep
-from app.results import results_csv, results_json, results_votable
-from app.schemas import ErrorOut, JobOut, TargetIn
-from app.service import ApiError
+from galmet.app.api.deps import ServiceDep
+from galmet.app.results import results_csv, results_json, results_votable
+from galmet.app.schemas import ErrorOut, JobOut, TargetIn
+from galmet.app.service import ApiError
 
 router = APIRouter(tags=["jobs"])
 

@@ -6,8 +6,8 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.api.deps import ServiceDep
-from app.metrics import QUEUE_DEPTH
+from galmet.app.api.deps import ServiceDep
+from galmet.app.metrics import QUEUE_DEPTH
 
 router = APIRouter(tags=["service"])
 

@@ -7,11 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, File, Query, UploadFile
 from fastapi.responses import Response
 
-from app.api.deps import ServiceDep
-from app.coords import parse_coordinates
-from app.images import BadImage, read_capped
-from app.schemas import CoordinatesIn, ErrorOut, PredictionOut
-from app.service import ApiError
+from galmet.app.api.deps import ServiceDep
+from galmet.app.coords import parse_coordinates
+from galmet.app.images import BadImage, read_capped
+from galmet.app.schemas import CoordinatesIn, ErrorOut, PredictionOut
+from galmet.app.service import ApiError
 
 router = APIRouter(tags=["predict"])
 
