@@ -27,20 +27,15 @@ from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
 
 from galmet.app.models import Base, Cutout, Prediction
+from galmet.d4 import TTA_LEVELS
+from galmet.sky import check_position, separation_arcsec
 
 MATCH_ARCSEC = 0.5  # a request this close to a cached position is a hit
 CELL_DEG = 1e-4  # key grid: cells about 0.36″ on a side
 _ROWS = round(180 / CELL_DEG)  # Dec rows of the key grid
-TTA_LEVELS = (1, 2, 4, 8)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 Row = TypeVar("Row", Prediction, Cutout)
-
-
-def check_position(ra: float, dec: float) -> None:
-    """Raise ValueError unless 0 ≤ RA < 360 and −90 ≤ Dec ≤ 90 (finite, degrees)."""
-    if not (math.isfinite(ra) and math.isfinite(dec) and 0 <= ra < 360 and -90 <= dec <= 90):
-        raise ValueError(f"not a sky position: ra={ra!r}, dec={dec!r}")
 
 
 def sky_key(ra: float, dec: float) -> str:
@@ -56,16 +51,6 @@ def sky_key(ra: float, dec: float) -> str:
     columns = max(1, int(360 * math.cos(math.radians(dec_mid)) / CELL_DEG))
     column = int(ra / 360 * columns) % columns
     return f"{row}:{column}"
-
-
-def separation_arcsec(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
-    """Angular separation in arcseconds (haversine: accurate at sub-arcsecond separations)."""
-    ra1, dec1, ra2, dec2 = map(math.radians, (ra1, dec1, ra2, dec2))
-    h = (
-        math.sin((dec2 - dec1) / 2) ** 2
-        + math.cos(dec1) * math.cos(dec2) * math.sin((ra2 - ra1) / 2) ** 2
-    )
-    return math.degrees(2 * math.asin(min(1.0, math.sqrt(h)))) * 3600
 
 
 def find_sky(
@@ -244,12 +229,11 @@ def _box(model: type[Row], ra: float, dec: float) -> list[ColumnElement[bool]]:
 
 
 def _nearest(rows: Sequence[Row], ra: float, dec: float) -> Row | None:
-    best, best_sep = None, MATCH_ARCSEC
-    for row in rows:
-        sep = separation_arcsec(ra, dec, row.ra, row.dec)
-        if sep <= best_sep:
-            best, best_sep = row, sep
-    return best
+    if not rows:
+        return None
+    seps = separation_arcsec(ra, dec, [r.ra for r in rows], [r.dec for r in rows])
+    best = int(seps.argmin())
+    return rows[best] if seps[best] <= MATCH_ARCSEC else None
 
 
 def _insert_once(

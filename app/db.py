@@ -159,3 +159,40 @@ def _begin_immediate(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _begin(connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Database:
+    """The service's database: an engine, its sessions, and ``run`` for async callers.
+
+    Database calls are synchronous SQLAlchemy; ``await db.run(fn, *args)`` runs
+    ``fn(session, *args)`` in a worker thread with a session of its own, so the event loop
+    keeps serving.
+    """
+
+    def __init__(self, url: str | URL) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.sessions = sessionmaker_for(self.engine)
+
+    async def run(self, fn, *args, **kwargs):
+        """``fn(session, *args, **kwargs)`` in a worker thread, with a session of its own."""
+        from anyio import to_thread
+
+        def call():
+            with self.sessions() as session:
+                return fn(session, *args, **kwargs)
+
+        return await to_thread.run_sync(call)
+
+    async def check(self) -> str:
+        """``ok``, or why the database does not answer (for /readyz)."""
+        from anyio import to_thread
+
+        try:
+            ok = await to_thread.run_sync(check, self.engine)
+        except Exception as exc:  # any failure means "not ready", with its reason
+            return f"error: {exc}".splitlines()[0][:200]
+        return "ok" if ok else "no answer"
+
+    def dispose(self) -> None:
+        self.engine.dispose()

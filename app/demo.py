@@ -28,7 +28,7 @@ from pathlib import Path
 from filelock import FileLock  # a dependency of torch; flock-based, so no stale locks
 
 from galmet.app.core.config import Settings
-from galmet.training.model import Checkpoint
+from galmet.model import Checkpoint
 
 DEMO_NOTICE = "mock-sky demo model: trained on simulated galaxies, not for science"
 

@@ -1,4 +1,4 @@
-"""The FastAPI application: one ``Service`` per process, thin routes, one-line errors."""
+"""The FastAPI application: one ``Runtime`` per process, thin routes, one-line errors."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from galmet.app.api.routes import info, jobs, metrics, predict, web
 from galmet.app.core.config import Settings, get_settings
+from galmet.app.errors import ApiError
 from galmet.app.metrics import REQUEST_SECONDS
-from galmet.app.service import ApiError, Service
+from galmet.app.runtime import Runtime
 
 log = logging.getLogger("galmet.api")
 API = "/api/v1"
@@ -28,13 +29,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        service = Service(settings)
-        await service.start()
-        app.state.service = service
+        runtime = await Runtime.start(settings)
+        app.state.runtime = runtime
         try:
             yield
         finally:
-            await service.aclose()
+            await runtime.aclose()
 
     app = FastAPI(
         title="galmet",

@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from astropy import units as u
 
-from galmet.app.coords import parse_dec, parse_ra
+from galmet.sky import parse_dec, parse_ra
 
 #: Accepted column names (lower case), best first. RA/Dec names are the usual ones of SDSS,
 #: VizieR (RAJ2000, DEJ2000, RA_ICRS, DE_ICRS) and TOPCAT exports; none with a unit other

@@ -15,7 +15,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from galmet.app.skyserver import DEFAULT_CONCURRENCY, DEFAULT_RATE, SkyServerClient
+from galmet.skyserver import DEFAULT_CONCURRENCY, DEFAULT_RATE, SkyServerClient
 from galmet.training.download import DownloadSummary, download_cutouts
 from galmet.training.mock_skyserver import Faults, create_app, serve_in_thread
 from galmet.training.mocksky import MockSky

@@ -30,11 +30,12 @@ import time
 
 import torch
 
+from galmet.device import pick_device
+from galmet.engine import InferenceEngine
+from galmet.images import decode_image
+from galmet.model import Checkpoint, GalmetNet
+from galmet.predictor import Predictor
 from galmet.training.mocksky import MockSky
-from galmet.training.model import Checkpoint, GalmetNet, Predictor
-from galmet.training.preprocess import decode_image
-from galmet.training.train import pick_device
-from galmet.worker.engine import InferenceEngine, predict_arrays
 
 
 def random_predictor(size: int, device: torch.device) -> Predictor:
@@ -53,7 +54,7 @@ def mock_jpegs(n: int, distinct: int = 16) -> list[bytes]:
 
 def naive(predictor: Predictor, jpegs: list[bytes], tta: int) -> None:
     for data in jpegs:
-        predict_arrays(predictor, [decode_image(data, predictor.input_size)], tta)
+        predictor.predict_arrays([decode_image(data, predictor.input_size)], tta)
 
 
 def batched(predictor: Predictor, jpegs: list[bytes], tta: int, batch_size: int) -> None:

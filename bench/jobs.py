@@ -49,7 +49,7 @@ def random_model(path: Path) -> Path:
     """A random-weight ResNet-34 checkpoint: 32 px input, cutouts of 64 px at 0.396″/px."""
     import torch
 
-    from galmet.training.model import Checkpoint, GalmetNet
+    from galmet.model import Checkpoint, GalmetNet
 
     torch.manual_seed(0)
     net = GalmetNet(2)
@@ -119,11 +119,11 @@ def warm_up(sky_url: str, rows, model: Path) -> float:
     returns cutouts rendered per second."""
     import asyncio
 
-    from galmet.app.skyserver import SkyServerClient
-    from galmet.training.model import Checkpoint
-    from galmet.training.predict import cutout_geometry
+    from galmet.model import Checkpoint
+    from galmet.predictor import fetch_geometry
+    from galmet.skyserver import SkyServerClient
 
-    size, scale = cutout_geometry(Checkpoint.load(model))
+    size, scale = fetch_geometry(Checkpoint.load(model))
 
     async def fetch_all() -> None:
         async with SkyServerClient(sky_url, concurrency=8, rate=None) as client:

@@ -130,10 +130,10 @@ def main() -> None:
     parser.add_argument("--cached-requests", type=int, default=2000)
     args = parser.parse_args()
 
-    from galmet.training.model import Checkpoint
-    from galmet.training.predict import cutout_geometry
+    from galmet.model import Checkpoint
+    from galmet.predictor import fetch_geometry
 
-    size, scale = cutout_geometry(Checkpoint.load(args.model))
+    size, scale = fetch_geometry(Checkpoint.load(args.model))
     sky = MockSky(SKY_N, SKY_SEED)
     cat = sky.catalog()[: args.n]
     positions = [(float(r["ra"]), float(r["dec"])) for r in cat]

@@ -34,10 +34,10 @@ import numpy as np
 import torch
 from astropy.table import Table
 
-from galmet.training.augment import N_D4, d4
+from galmet.d4 import N_D4, d4
+from galmet.model import build_model
+from galmet.preprocess import normalise
 from galmet.training.dataset import GalaxyData, TargetScaler
-from galmet.training.model import build_model
-from galmet.training.preprocess import normalise
 from galmet.training.train import (
     GROUP_LR_RATIOS,
     TrainConfig,

@@ -49,7 +49,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "RMSE, NMAD, outliers and figures of a model on the test split",
     ),
     "predict": (
-        "galmet.training.predict",
+        "galmet.app.predict",
         "predictions for image files or sky coordinates, without the server",
     ),
     "db": ("galmet.app.dbcli", "database migrations: galmet db upgrade applies them all"),

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from galmet.cli import main as galmet
+from galmet.model import Checkpoint
 from galmet.training import train as train_module
-from galmet.training.model import Checkpoint
 
 
 def state_hash(state: dict[str, torch.Tensor]) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from galmet.training.model import Checkpoint, GalmetNet
+from galmet.model import Checkpoint, GalmetNet
 
 
 def tiny_checkpoint(n_out: int = 2, seed: int = 0, **fields) -> Checkpoint:

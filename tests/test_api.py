@@ -17,9 +17,9 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
+from galmet.model import file_sha256
 from galmet.training.mock_skyserver import Faults, serve_in_thread
 from galmet.training.mock_skyserver import create_app as create_mock
-from galmet.training.model import file_sha256
 from tests.helpers import galaxy, service
 
 API = "/api/v1"
@@ -200,7 +200,7 @@ def decompression_bomb() -> bytes:
 @pytest.mark.parametrize(
     "case, status, words",
     [
-        ("text", 422, "not a readable image"),
+        ("text", 422, "not an image (no JPEG or PNG data)"),
         ("truncated", 422, "truncated"),
         ("empty", 422, "empty"),
         ("gif", 415, "only JPEG and PNG"),
@@ -222,6 +222,7 @@ def test_bad_uploads_get_a_4xx_and_the_service_goes_on(api, mock_sky, case, stat
     r = upload(api, data)
     assert r.status_code == status, r.text
     assert words in r.json()["detail"] and "\n" not in r.json()["detail"]
+    assert "_io." not in r.json()["detail"]  # no Python internals in a user's error
     assert upload(api, good).status_code == 200
 
 

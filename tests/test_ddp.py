@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from galmet.model import Checkpoint
+from galmet.predictor import Predictor
 from galmet.training.dataset import split_indices
 from galmet.training.distributed import DistInfo, from_environment, local_batch
-from galmet.training.model import Checkpoint, Predictor
 from galmet.training.simulate import simulate
 from tests.ddp_probe import state_hash
 

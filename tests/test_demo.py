@@ -8,7 +8,8 @@ import pytest
 
 from galmet.app.core.config import Settings
 from galmet.app.demo import DEMO_NOTICE, demo_checkpoint, demo_path, is_demo
-from galmet.training.model import Checkpoint, Predictor
+from galmet.model import Checkpoint
+from galmet.predictor import Predictor
 
 
 @pytest.fixture

@@ -31,8 +31,8 @@ import pytest
 from sqlalchemy import make_url
 
 from galmet.app.db import normalize_url
-from galmet.app.skyserver import DEFAULT_SKYSERVER_URL
 from galmet.cli import COMMANDS
+from galmet.skyserver import DEFAULT_SKYSERVER_URL
 
 yaml = pytest.importorskip("yaml")  # PyYAML: installed with astropy, a dependency
 
@@ -538,7 +538,7 @@ def test_build_context_has_what_the_install_needs_and_no_more(tmp_path):
     for folder in folders["package-dir"].values():
         assert folder in tops, f".dockerignore leaves out {folder}/"
     needed = ["pyproject.toml", "README.md", "galmet/cli.py", "app/main.py", "worker/cli.py"]
-    needed += ["training/model.py", "alembic/env.py", "alembic/script.py.mako"]
+    needed += ["galmet/model.py", "alembic/env.py", "alembic/script.py.mako"]
     needed += [p.relative_to(ROOT).as_posix() for p in (ROOT / "alembic/versions").glob("*.py")]
     needed += [p.relative_to(ROOT).as_posix() for p in (ROOT / "app").rglob("*.*")]
     needed = [p for p in needed if "__pycache__" not in p and not p.endswith(".pyc")]

@@ -11,8 +11,9 @@ import httpx
 import pytest
 from astropy.table import Table, vstack
 
-from galmet.app.skyserver import SkyServerClient, decode_jpeg
 from galmet.cli import main as cli_main
+from galmet.images import decode_jpeg
+from galmet.skyserver import SkyServerClient
 from galmet.training.download import DownloadSummary, download_cutouts
 from galmet.training.mock_skyserver import Faults, create_app, serve_in_thread
 from galmet.training.mocksky import FOOTPRINT, MockSky

@@ -9,15 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from galmet.training.model import Checkpoint, GalmetNet, Predictor
-from galmet.worker.engine import (
-    TTA_CPU,
-    TTA_GPU,
-    EngineClosed,
-    InferenceEngine,
-    default_tta,
-    predict_arrays,
-)
+from galmet.engine import EngineClosed, InferenceEngine
+from galmet.model import Checkpoint, GalmetNet
+from galmet.predictor import TTA_CPU, TTA_GPU, Predictor, default_tta
 
 SIZE = 32
 
@@ -72,13 +66,13 @@ def assert_records_close(got: list[dict], want: list[dict]) -> None:
 
 
 def test_predict_arrays_matches_predictor(predictor, images):
-    got = predict_arrays(predictor, images[:5], 8)
+    got = predictor.predict_arrays(images[:5], 8)
     assert_records_close(got, expected(predictor, images[:5], 8))
-    assert predict_arrays(predictor, [], 1) == []
+    assert predictor.predict_arrays([], 1) == []
     with pytest.raises(ValueError, match="shape"):
-        predict_arrays(predictor, [np.zeros((SIZE + 1, SIZE, 3), np.uint8)], 1)
+        predictor.predict_arrays([np.zeros((SIZE + 1, SIZE, 3), np.uint8)], 1)
     with pytest.raises(ValueError, match="TTA"):
-        predict_arrays(predictor, images[:1], 3)
+        predictor.predict_arrays(images[:1], 3)
 
 
 def test_default_tta():

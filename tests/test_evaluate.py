@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from galmet.cli import main as galmet
-from galmet.training.augment import d4
+from galmet.d4 import d4
+from galmet.model import Checkpoint, GalmetNet, file_sha256
+from galmet.preprocess import normalise
 from galmet.training.dataset import load_data, select_rows, split_indices
 from galmet.training.evaluate import evaluate
-from galmet.training.model import Checkpoint, GalmetNet, file_sha256
-from galmet.training.preprocess import normalise
 from galmet.training.simulate import simulate
 
 TARGETS = ["oh_p50", "lgm_tot_p50"]

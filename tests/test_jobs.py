@@ -241,14 +241,15 @@ def test_metrics_and_readiness(api, mock_sky):
 
 # ---------------------------------------------------------------------------- lost chunks
 def _job_in(database_url: str, n: int = 5, chunk_size: int = 2):
-    from galmet.app import db, jobs
+    from galmet.app import db
+    from galmet.app.jobs import store
     from galmet.app.targets import TargetRow
 
     db.upgrade(database_url)
     sessions = db.sessionmaker_for(db.make_engine(database_url))
     rows = [TargetRow(i + 1, None, 10.0 + i, 1.0, None) for i in range(n)]
     with sessions() as session:
-        job = jobs.insert_job(
+        job = store.insert_job(
             session, rows, model_version="a" * 64, tta=1, chunk_size=chunk_size,
             source="json", filename=None,
         )  # fmt: skip
@@ -260,16 +261,17 @@ def test_stalled_chunks_are_found_by_heartbeat_or_by_an_empty_queue(database_url
 
     from sqlalchemy import update
 
-    from galmet.app import jobs
+    from galmet.app.jobs import recovery as jobs
+    from galmet.app.jobs.store import now
     from galmet.app.models import JobChunk
 
     sessions, job = _job_in(database_url)
     with sessions() as s:
         assert jobs.stalled_chunks(s, 60, queue_empty=True) == []  # just sent
-        old = jobs.now() - timedelta(seconds=120)
+        old = now() - timedelta(seconds=120)
         s.execute(update(JobChunk).values(enqueued_at=old))
         s.execute(update(JobChunk).where(JobChunk.chunk == 1).values(heartbeat_at=old))
-        s.execute(update(JobChunk).where(JobChunk.chunk == 2).values(heartbeat_at=jobs.now()))
+        s.execute(update(JobChunk).where(JobChunk.chunk == 2).values(heartbeat_at=now()))
         s.commit()
         # Chunk 1's runner went quiet; chunk 0 was never picked up; chunk 2 is running.
         assert jobs.stalled_chunks(s, 60, queue_empty=False) == [(job.id, 1)]
@@ -281,20 +283,21 @@ def test_stalled_chunks_are_found_by_heartbeat_or_by_an_empty_queue(database_url
 def test_a_chunk_that_never_finishes_is_given_up_with_a_reason(database_url):
     from sqlalchemy import update
 
-    from galmet.app import jobs
+    from galmet.app.jobs.recovery import give_up
+    from galmet.app.jobs.store import job_results, job_status
     from galmet.app.models import JobChunk
 
     sessions, job = _job_in(database_url, n=3, chunk_size=2)
     with sessions() as s:
         s.execute(update(JobChunk).where(JobChunk.chunk == 0).values(attempts=5))
         s.commit()
-        assert jobs.give_up(s, [(job.id, 0), (job.id, 1)], max_attempts=5) == [(job.id, 0)]
-        status = jobs.job_status(s, job.id)
+        assert give_up(s, [(job.id, 0), (job.id, 1)], max_attempts=5) == [(job.id, 0)]
+        status = job_status(s, job.id)
         assert status["counts"] == {"queued": 1, "done": 0, "failed": 2, "invalid": 0}
         assert status["status"] != "done"
-        rows = jobs.job_results(s, job.id)
+        rows = job_results(s, job.id)
         assert "started 5 times" in rows[0]["reason"] and rows[2]["status"] == "queued"
         s.execute(update(JobChunk).where(JobChunk.chunk == 1).values(attempts=5))
         s.commit()
-        jobs.give_up(s, [(job.id, 1)], max_attempts=5)
-        assert jobs.job_status(s, job.id)["status"] == "done"
+        give_up(s, [(job.id, 1)], max_attempts=5)
+        assert job_status(s, job.id)["status"] == "done"

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from galmet.app.skyserver import SkyServerClient, SkyServerError, decode_jpeg, is_blank_cutout
 from galmet.errors import GalmetError
+from galmet.images import decode_jpeg, is_blank
+from galmet.skyserver import SkyServerClient, SkyServerError
 from galmet.training.mock_skyserver import (
     Faults,
     create_app,
@@ -82,7 +83,7 @@ def test_getjpeg_off_footprint_is_near_black(mock_skyserver):
     assert r.headers["content-type"] == "image/jpeg"
     image = pixels(r.content)
     assert np.percentile(image, 99) < 16
-    assert is_blank_cutout(r.content)
+    assert is_blank(r.content)
 
 
 def test_getjpeg_accepts_sexagesimal(mock_skyserver):

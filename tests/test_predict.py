@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from astropy.coordinates import Angle
 
+from galmet.app.predict import parse_dec, parse_ra
 from galmet.cli import main as galmet
 from galmet.errors import GalmetError
-from galmet.training.model import Checkpoint, Predictor, file_sha256
-from galmet.training.predict import cutout_geometry, parse_dec, parse_ra
+from galmet.model import Checkpoint, file_sha256
+from galmet.predictor import Predictor, fetch_geometry
 from tests.helpers import tiny_checkpoint
 
 
@@ -138,7 +139,8 @@ def test_flags_for_images_unlike_the_training_cutouts(setup, tmp_path, capsys):
     grey = tmp_path / "grey.png"
     Image.open(paths[0]).convert("L").resize((64, 64)).save(grey)
     rec = run_json(capsys, "--model", str(model), str(grey), "--tta", "1")[0]
-    assert rec["flags"] == ["grayscale", "size_differs_from_training"]
+    # The service's own upload flags (galmet.images.check_upload).
+    assert rec["flags"] == ["grayscale_converted", "resized"]
 
 
 def test_cutout_geometry():
@@ -146,15 +148,15 @@ def test_cutout_geometry():
         return Checkpoint(["oh_p50"], [9.0], [0.1], input_size, "gri", [], config=config)
 
     # Trained on resized cutouts of unrecorded size: the design's 128 px at 0.296"/px.
-    assert cutout_geometry(ck({"size": 32})) == (128, 0.296)
+    assert fetch_geometry(ck({"size": 32})) == (128, 0.296)
     # Images used as stored: their size is the input size.
-    assert cutout_geometry(ck({"size": None}, input_size=96)) == (96, 0.296)
+    assert fetch_geometry(ck({"size": None}, input_size=96)) == (96, 0.296)
     # Recorded geometry wins; --scale wins over it.
     recorded = ck({"size": 32, "image_size": 64, "pixel_scale": 0.396})
-    assert cutout_geometry(recorded) == (64, 0.396)
-    assert cutout_geometry(recorded, 0.2) == (64, 0.2)
+    assert fetch_geometry(recorded) == (64, 0.396)
+    assert fetch_geometry(recorded, 0.2) == (64, 0.2)
     # Below SkyServer's 64 px: the same field at 64 px.
-    assert cutout_geometry(ck({}, input_size=32)) == (64, pytest.approx(0.148))
+    assert fetch_geometry(ck({}, input_size=32)) == (64, pytest.approx(0.148))
 
 
 def test_parse_coordinates():

@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from galmet.app.skyserver import (
+from galmet.images import decode_jpeg, is_blank
+from galmet.skyserver import (
     SkyServerClient,
     SkyServerError,
     SkyServerTimeout,
     SkyServerUpstreamError,
-    decode_jpeg,
-    is_blank_cutout,
     parse_sql_csv,
 )
 
@@ -130,7 +129,7 @@ def test_cutout_request_and_validation():
 
     async def go():
         async with client_for(handler) as sky:
-            return await sky.cutout(150.5, 2.25)
+            return (await sky.cutout(150.5, 2.25)).jpeg
 
     assert run(go()) == GREY
 
@@ -142,7 +141,7 @@ def test_500s_then_success():
 
     async def go():
         async with client_for(handler, retries=3) as sky:
-            return await sky.cutout(150.0, 2.0)
+            return (await sky.cutout(150.0, 2.0)).jpeg
 
     assert run(go()) == GREY
     assert len(calls) == 3
@@ -167,7 +166,7 @@ def test_timeouts_are_retried():
 
     async def go():
         async with client_for(handler, retries=2, timeout=0.05) as sky:
-            return await sky.cutout(150.0, 2.0)
+            return (await sky.cutout(150.0, 2.0)).jpeg
 
     assert run(go()) == GREY
     assert len(calls) == 3
@@ -197,7 +196,7 @@ def test_connection_errors_are_retried():
 
     async def go():
         async with client_for(handler, retries=2) as sky:
-            return await sky.cutout(150.0, 2.0)
+            return (await sky.cutout(150.0, 2.0)).jpeg
 
     assert run(go()) == GREY
     assert len(calls) == 2
@@ -224,7 +223,7 @@ def test_truncated_jpeg_is_retried():
 
     async def go():
         async with client_for(handler, retries=2) as sky:
-            return await sky.cutout(150.0, 2.0)
+            return (await sky.cutout(150.0, 2.0)).jpeg
 
     assert run(go()) == GREY
     assert len(calls) == 2
@@ -318,17 +317,17 @@ def test_decode_jpeg_rejects_truncated_and_non_jpeg():
 
 def test_blank_synthetic():
     black = np.zeros((128, 128, 3))
-    assert is_blank_cutout(jpeg_bytes(black))
-    assert is_blank_cutout(black)  # arrays too
+    assert is_blank(jpeg_bytes(black))
+    assert is_blank(black)  # arrays too
     # Near-black with low-level noise and a stray bright pixel (JPEG rings it over its
     # 8 x 8 block) is still blank.
     near_black = np.random.default_rng(0).integers(0, 6, (128, 128, 3))
     near_black[10, 20] = 255
-    assert is_blank_cutout(jpeg_bytes(near_black, quality=75))
+    assert is_blank(jpeg_bytes(near_black, quality=75))
     # A faint, PSF-sized source alone on pure black sky does.
     yy, xx = np.mgrid[:128, :128]
     blob = 40 * np.exp(-((xx - 64) ** 2 + (yy - 64) ** 2) / (2 * 1.5**2))
-    assert not is_blank_cutout(jpeg_bytes(np.repeat(blob[..., None], 3, axis=-1)))
+    assert not is_blank(jpeg_bytes(np.repeat(blob[..., None], 3, axis=-1)))
 
 
 @pytest.fixture(scope="module")
@@ -344,7 +343,7 @@ def test_blank_off_footprint_mock_cutout(sky):
     ra_min, _, dec_min, _ = FOOTPRINT
     for ra, dec in ((ra_min - 20, 10.0), (ra_min + 10, dec_min - 5), (10.0, -30.0)):
         assert not sky.in_footprint(ra, dec)
-        assert is_blank_cutout(sky.cutout_jpeg(ra, dec))
+        assert is_blank(sky.cutout_jpeg(ra, dec))
 
 
 def test_faint_galaxies_and_empty_sky_are_not_blank(sky):
@@ -353,9 +352,9 @@ def test_faint_galaxies_and_empty_sky_are_not_blank(sky):
     surface_brightness = r + 5 * np.log10(np.asarray(cat["petroR50_r"]))
     # The faintest and the most diffuse sample galaxies, on the mock's sky noise.
     for i in {*np.argsort(-r)[:3], *np.argsort(-surface_brightness)[:3]}:
-        assert not is_blank_cutout(sky.cutout_jpeg(cat["ra"][i], cat["dec"][i]))
+        assert not is_blank(sky.cutout_jpeg(cat["ra"][i], cat["dec"][i]))
     # Sky with no sample galaxy in it is still imaging, not an off-footprint blank.
-    assert not is_blank_cutout(sky.cutout_jpeg(200.0, 45.0))
+    assert not is_blank(sky.cutout_jpeg(200.0, 45.0))
 
 
 def test_sql_error_reported_by_skyserver_is_not_retried():
@@ -410,7 +409,7 @@ def test_cutout_against_mock_skyserver(mock_skyserver, mock_sky):
 
     async def go():
         async with SkyServerClient(mock_skyserver, rate=None) as sky:
-            return await sky.cutout(row["ra"], row["dec"], width=96, height=64)
+            return (await sky.cutout(row["ra"], row["dec"], width=96, height=64)).jpeg
 
     data = run(go())
     assert decode_jpeg(data).shape == (64, 96, 3)

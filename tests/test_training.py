@@ -10,11 +10,13 @@ import torch
 from torch import nn
 
 from galmet.cli import main as galmet
+from galmet.d4 import TTA_TRANSFORMS, d4, random_d4, tta_views
 from galmet.errors import GalmetError
-from galmet.training.augment import TTA_TRANSFORMS, d4, random_d4, tta_views
+from galmet.images import decode_image
+from galmet.model import Checkpoint, GalmetNet, build_model
+from galmet.predictor import Predictor
+from galmet.preprocess import normalise
 from galmet.training.dataset import TargetScaler, load_data, split_indices
-from galmet.training.model import Checkpoint, GalmetNet, Predictor, build_model
-from galmet.training.preprocess import decode_image, normalise
 from galmet.training.simulate import simulate
 from galmet.training.train import (
     GROUP_LR_RATIOS,
@@ -166,7 +168,7 @@ def test_preprocessing_bands_and_conversions():
     assert gri.shape == (1, 3, 4, 4) and gri[0, 0, 0, 0] == pytest.approx(10 / 255)
     gray = decode_image(np.full((8, 8), 7, np.uint8), size=4)
     assert gray.shape == (4, 4, 3) and gray.max() == 7
-    with pytest.raises(ValueError, match="not a readable image"):
+    with pytest.raises(ValueError, match="not an image"):
         decode_image(b"\xff\xd8\xff garbage")
 
 

@@ -21,8 +21,9 @@ import numpy as np
 from astropy.table import Table, vstack
 from tqdm import tqdm
 
-from galmet.app.skyserver import DEFAULT_RETRIES, DEFAULT_SKYSERVER_URL, SkyServerClient
 from galmet.errors import GalmetError
+from galmet.files import atomic_path
+from galmet.skyserver import DEFAULT_RETRIES, DEFAULT_SKYSERVER_URL, SkyServerClient
 from galmet.training.mocksky import CATALOG_COLUMNS
 
 #: SkyServer's row limit per query; a page may not be larger, or a truncated page would
@@ -143,13 +144,10 @@ def _empty_catalog() -> Table:
 
 def write_catalog(table: Table, out: Path) -> None:
     """Write the catalog CSV atomically: a partial file never takes the final name."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    part = out.with_name(out.name + ".part")
     try:
-        table.write(part, format="ascii.csv", overwrite=True)
-        os.replace(part, out)
+        with atomic_path(out) as part:
+            table.write(part, format="ascii.csv", overwrite=True)
     except OSError as exc:
-        part.unlink(missing_ok=True)
         raise GalmetError(f"cannot write {out}: {exc.strerror or exc}") from None
 
 

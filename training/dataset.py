@@ -20,7 +20,7 @@ from astropy.table import Table
 from tqdm import tqdm
 
 from galmet.errors import GalmetError
-from galmet.training.preprocess import decode_image
+from galmet.images import decode_image
 
 #: The paper's 90k / 20k / 20k split of ~130k galaxies, as fractions.
 SPLIT_FRACTIONS = {"train": 90 / 130, "valid": 20 / 130, "test": 20 / 130}

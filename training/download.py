@@ -23,10 +23,8 @@ import argparse
 import asyncio
 import csv
 import io
-import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +33,11 @@ import numpy as np
 from astropy.table import Table
 from tqdm import tqdm
 
-from galmet.app.skyserver import (
+from galmet.errors import GalmetError
+from galmet.files import atomic_write, remove_stale
+from galmet.images import is_valid_jpeg
+from galmet.sky import is_position
+from galmet.skyserver import (
     DEFAULT_CONCURRENCY,
     DEFAULT_RATE,
     DEFAULT_RETRIES,
@@ -47,11 +49,8 @@ from galmet.app.skyserver import (
     MIN_SIZE,
     SkyServerClient,
     SkyServerError,
-    is_blank_cutout,
-    is_valid_jpeg,
     parse_sql_csv,
 )
-from galmet.errors import GalmetError
 
 REQUIRED_COLUMNS = ("objID", "ra", "dec")
 #: Stop after this many failures in a row with no success: SkyServer is down or the URL is
@@ -115,27 +114,12 @@ def read_catalog(path: Path) -> Table:
     return table
 
 
-def _valid_coords(ra: float, dec: float) -> bool:
-    return math.isfinite(ra) and math.isfinite(dec) and 0 <= ra < 360 and -90 <= dec <= 90
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _write_csv(path: Path, header: list[str], rows: list[tuple]) -> None:
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
-    _write_atomic(path, text.getvalue().encode())
+    atomic_write(path, text.getvalue())
 
 
 def _known_blanks(path: Path) -> dict[int, tuple]:
@@ -166,8 +150,7 @@ async def download_cutouts(
     images = out_dir / "images"
     images.mkdir(parents=True, exist_ok=True)
     # Temporary files left by a run that was killed mid-write.
-    for stale in images.glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
+    remove_stale(images)
 
     # Empty (masked) coordinates become NaN, reported as invalid below.
     ras, decs = (
@@ -197,12 +180,12 @@ async def download_cutouts(
         if path.exists() and is_valid_jpeg(path.read_bytes(), (size, size)):
             summary.skipped += 1
             return
-        if not _valid_coords(ra, dec):
+        if not is_position(ra, dec):
             summary.failures.append((obj_id, ra, dec, "invalid coordinates"))
             summary.failed += 1
             return
         try:
-            jpeg = await client.cutout(ra, dec, scale=scale, width=size, height=size)
+            cutout = await client.cutout(ra, dec, scale=scale, width=size, height=size)
         except SkyServerError as exc:
             summary.failures.append((obj_id, ra, dec, exc.reason))
             summary.failed += 1
@@ -211,13 +194,13 @@ async def download_cutouts(
                 summary.aborted = f"{consecutive_failures} failures in a row, last: {exc}"
             return
         consecutive_failures = 0
-        if is_blank_cutout(jpeg):
+        if cutout.blank:
             blanks[obj_id] = (obj_id, ra, dec)
             summary.blank += 1
             # A stale corrupt file must not pass for this galaxy's image.
             path.unlink(missing_ok=True)
         else:
-            _write_atomic(path, jpeg)
+            atomic_write(path, cutout.jpeg)
             summary.fetched += 1
 
     todo = iter(rows.items())

@@ -31,9 +31,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from galmet.d4 import TTA_LEVELS, TTA_LEVELS_TEXT
 from galmet.errors import GalmetError
+from galmet.model import Checkpoint, file_sha256
+from galmet.predictor import Prediction, Predictor
 from galmet.training.dataset import load_images, select_rows, split_indices
-from galmet.training.model import Checkpoint, Prediction, Predictor, file_sha256
 
 SPLITS = ("test", "valid", "train")
 OH, MASS = "oh_p50", "lgm_tot_p50"
@@ -76,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, required=True, help="folder with catalog.csv, images/")
     parser.add_argument("--split", choices=SPLITS, default="test", help="part to evaluate (test)")
     parser.add_argument(
-        "--tta", type=int, choices=[1, 2, 4, 8], default=8, help="TTA copies (8; tta1 always too)"
+        "--tta", type=int, choices=TTA_LEVELS, default=8, help="TTA copies (8; tta1 always too)"
     )
     parser.add_argument("--out", type=Path, help="output folder (default: MODEL's folder/eval)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -151,6 +153,7 @@ def evaluate(
     batch_size: int = 128,
 ) -> Evaluation:
     """Predict ``split`` with TTA 1 and ``tta``, write metrics, figures and predictions."""
+    from galmet.device import pick_device
     from galmet.training.baseline import _oracle_floor
     from galmet.training.figures import (
         MASS_LABEL,
@@ -160,13 +163,12 @@ def evaluate(
         plot_prediction,
     )
     from galmet.training.metrics import metrics_record, mmr_comparison, summarise, write_metrics
-    from galmet.training.train import pick_device
 
     model, data = Path(model), Path(data)
     if split not in SPLITS:
         raise GalmetError(f"--split must be one of {', '.join(SPLITS)}")
-    if tta not in (1, 2, 4, 8):
-        raise GalmetError("--tta must be 1, 2, 4 or 8")
+    if tta not in TTA_LEVELS:
+        raise GalmetError(f"--tta must be {TTA_LEVELS_TEXT}")
     if batch_size < 1:
         raise GalmetError("--batch-size must be at least 1")
     if not model.is_file():

@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from galmet.files import atomic_write
+
 #: Converts a median absolute deviation to σ for a Gaussian: 1 / Φ⁻¹(3/4).
 NMAD_SCALE = 1.4826
 
@@ -260,13 +262,8 @@ def metrics_record(
 
 def write_metrics(path: str | Path, record: dict) -> Path:
     """Write a metrics dict as indented JSON (NaN is written as null, so any reader parses it)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_finite_or_none(record), indent=2, allow_nan=False)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text + "\n")
-    tmp.replace(path)  # a killed run never leaves half a file
-    return path
+    return atomic_write(path, text + "\n")  # a killed run never leaves half a file
 
 
 def _finite_or_none(obj):

@@ -80,8 +80,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from galmet.app.skyserver import MAX_SIZE, MIN_SIZE
 from galmet.errors import GalmetError
+from galmet.skyserver import MAX_SIZE, MIN_SIZE
 from galmet.training.mocksky import BANDS
 
 #: Row limit of one SkyServer SQL query (``MaxRows`` of the public site).

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from galmet.app.skyserver import MAX_SIZE, MIN_SIZE
 from galmet.errors import GalmetError
+from galmet.files import atomic_write
+from galmet.skyserver import MAX_SIZE, MIN_SIZE
 from galmet.training.mocksky import MockSky, MockSkyConfig
 
 # The sky of this process: the main one's, or each worker's own (built by _init_worker).
@@ -52,9 +53,7 @@ def _render_chunk(args: tuple[list[int], Path, float, int]) -> int:
     for i in rows:
         data = _SKY.cutout_jpeg(float(pop["ra"][i]), float(pop["dec"][i]), scale, size, size)
         path = image_dir / f"{pop['objID'][i]}.jpg"
-        tmp = path.with_suffix(".jpg.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)  # a killed run never leaves a half-written image
+        atomic_write(path, data)  # a killed run never leaves a half-written image
     return len(rows)
 
 

@@ -38,9 +38,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from galmet.d4 import TTA_LEVELS, TTA_TRANSFORMS, random_d4
+from galmet.device import pick_device
 from galmet.errors import GalmetError
+from galmet.files import atomic_path
+from galmet.model import Checkpoint, GalmetNet, build_model
+from galmet.predictor import Predictor
+from galmet.preprocess import normalise
 from galmet.training import distributed
-from galmet.training.augment import TTA_TRANSFORMS, random_d4
 from galmet.training.dataset import (
     GalaxyData,
     TargetScaler,
@@ -49,8 +54,6 @@ from galmet.training.dataset import (
     split_indices,
 )
 from galmet.training.distributed import DistInfo
-from galmet.training.model import Checkpoint, GalmetNet, Predictor, build_model
-from galmet.training.preprocess import normalise
 
 #: Learning-rate ratios of the three layer groups (early body, late body, head).
 GROUP_LR_RATIOS = (1 / 9, 1 / 3, 1.0)
@@ -114,17 +117,6 @@ class TrainConfig:
         if self.lr_scale not in LR_SCALES:
             raise GalmetError(f"--lr-scale must be one of {', '.join(LR_SCALES)}")
         return self.lr * (self.batch_size / self.lr_reference_batch) ** LR_SCALES[self.lr_scale]
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` is CUDA when present, else the CPU; asking for CUDA without it is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise GalmetError("--device cuda, but no CUDA GPU is available here")
-    if name not in ("cpu", "cuda"):
-        raise GalmetError(f"--device must be auto, cpu or cuda, not {name!r}")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -572,9 +564,8 @@ def _train(cfg: TrainConfig, dist: DistInfo, device: torch.device) -> Checkpoint
         plot_history(out, history + t.history)
         state = t.state(epoch, opt, sched)
         state |= {"config": asdict(cfg), "members": states, "done_history": history}
-        tmp = resume_path(out).with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(resume_path(out))
+        with atomic_path(resume_path(out)) as tmp:
+            torch.save(state, tmp)
 
     for fold in range(len(states), len(folds)):
         train_rows, valid_rows = folds[fold]
@@ -696,7 +687,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--seed", type=int, default=d.seed, help="seed of weights, batches and augmentation")
     a("--split-seed", type=int, default=d.split_seed, help="seed of the train/valid/test split")
     a("--device", default=d.device, help="auto, cpu or cuda")
-    a("--tta", type=int, choices=[1, 2, 4, 8], default=d.tta, help="TTA for test metrics")
+    a("--tta", type=int, choices=TTA_LEVELS, default=d.tta, help="TTA for test metrics")
     a("--limit", type=int, help="use only the first N galaxies")
     a("--max-steps", type=int, help="at most N batches per epoch (quick trials)")
     a("--resume", action="store_true", help="go on from OUT.last.pt (saved at each cycle end)")

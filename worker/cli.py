@@ -41,7 +41,7 @@ def main(args: argparse.Namespace) -> int:
         )
     setup_logging(args.log_level, settings.log_json)
     preflight(settings)
-    from galmet.worker.celery_app import QUEUE
+    from galmet.app.broker import QUEUE
     from galmet.worker.tasks import make_worker_app
 
     app = make_worker_app(settings)
@@ -67,8 +67,8 @@ def preflight(settings) -> None:
     asked for, a checkpoint that does not load. The demo model (no GALMET_MODEL) is built here,
     once, before the pool processes start."""
     from galmet.app.demo import demo_checkpoint
-    from galmet.training.model import Checkpoint
-    from galmet.training.train import pick_device
+    from galmet.device import pick_device
+    from galmet.model import Checkpoint
 
     pick_device(settings.device)
     path = settings.model or demo_checkpoint(settings)

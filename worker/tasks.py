@@ -1,9 +1,10 @@
 """The Celery task of ``galmet worker``: run one chunk of a batch job.
 
-Each worker process holds one ``Service`` (the model loaded once, on the GPU when present,
+Each worker process holds one ``Runtime`` (the model loaded once, on the GPU when present,
 its inference engine, a database connection pool and a SkyServer client) and one event loop
-that runs the chunks, created on the process's first task. The chunk code is
-``worker.chunk.run_chunk``, exactly what the API runs in-process when there is no broker.
+that runs the chunks, created when the process starts. The chunk code is
+``galmet.app.jobs.chunk.run_chunk``, exactly what the API runs in-process when there is no
+broker.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from galmet.app.broker import TASK_NAME, make_celery
 from galmet.app.core.config import Settings
-from galmet.app.service import Service
-from galmet.worker.celery_app import TASK_NAME, make_celery
-from galmet.worker.chunk import run_chunk
+from galmet.app.jobs.chunk import run_chunk
+from galmet.app.runtime import Runtime
 
 log = logging.getLogger("galmet.worker")
 
@@ -29,27 +30,26 @@ RETRY_ON = (OperationalError, DBAPIError, ConnectionError, TimeoutError)
 MAX_RETRIES = 5
 
 _settings: Settings | None = None
-_runtime: tuple[asyncio.AbstractEventLoop, Service] | None = None
+_runtime: tuple[asyncio.AbstractEventLoop, Runtime] | None = None
 
 
-def runtime() -> tuple[asyncio.AbstractEventLoop, Service]:
-    """This process's event loop and started ``Service`` (created on first use)."""
+def runtime() -> tuple[asyncio.AbstractEventLoop, Runtime]:
+    """This process's event loop and started ``Runtime`` (created on first use)."""
     global _runtime
     if _runtime is None:
         if _settings is None:
             raise RuntimeError("galmet.worker.tasks.make_worker_app was not called")
         loop = asyncio.new_event_loop()
-        service = Service(_settings)
-        loop.run_until_complete(service.start(worker=True))
-        _runtime = (loop, service)
-        m = service.model
+        started = loop.run_until_complete(Runtime.start(_settings, role="worker"))
+        _runtime = (loop, started)
+        m = started.model
         log.info(
             "worker process %d ready: model %s (%s) on %s, TTA %d by default",
             os.getpid(),
             m.name,
             m.version[:12],
-            service.device,
-            service.tta,
+            m.device,
+            m.tta,
         )
     return _runtime
 
@@ -69,8 +69,8 @@ def make_worker_app(settings: Settings) -> Celery:
         retry_backoff_max=60,
     )
     def run_chunk_task(self, job_id: str, chunk: int) -> dict:
-        loop, service = runtime()
-        out = loop.run_until_complete(run_chunk(service, job_id, chunk))
+        loop, started = runtime()
+        out = loop.run_until_complete(run_chunk(started.predictions, job_id, chunk))
         return {"job_id": job_id, "chunk": chunk, "predicted": out.predicted}
 
     return app
@@ -91,7 +91,7 @@ def _load_at_start(**_) -> None:
 def _close(**_) -> None:
     global _runtime
     if _runtime is not None:
-        loop, service = _runtime
-        loop.run_until_complete(service.aclose())
+        loop, started = _runtime
+        loop.run_until_complete(started.aclose())
         loop.close()
         _runtime = None

@@ -14,7 +14,8 @@ from platformdirs import user_cache_dir, user_data_dir
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from galmet.app.skyserver import DEFAULT_SKYSERVER_URL
+from galmet.d4 import TTA_LEVELS, TTA_LEVELS_TEXT
+from galmet.skyserver import DEFAULT_SKYSERVER_URL
 
 
 def default_database_url() -> str:
@@ -62,8 +63,8 @@ class Settings(BaseSettings):
     @field_validator("tta")
     @classmethod
     def _tta(cls, value: int | None) -> int | None:
-        if value is not None and value not in (1, 2, 4, 8):
-            raise ValueError("GALMET_TTA must be 1, 2, 4 or 8")
+        if value is not None and value not in TTA_LEVELS:
+            raise ValueError(f"GALMET_TTA must be {TTA_LEVELS_TEXT}")
         return value
 
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from galmet.app.api.deps import ServiceDep
+from galmet.app.api.deps import ModelDep, RuntimeDep
 from galmet.app.schemas import HealthOut, ModelOut, ReadyOut
 
 router = APIRouter(tags=["service"])
 
 
 @router.get("/models", response_model=ModelOut)
-async def models(service: ServiceDep) -> ModelOut:
+async def models(model: ModelDep) -> ModelOut:
     """The loaded model: name, version (checkpoint SHA-256), training data, test metrics."""
-    return service.model_out()
+    return model.describe()
 
 
 @router.get("/healthz", response_model=HealthOut)
@@ -24,9 +24,9 @@ async def healthz() -> HealthOut:
 
 
 @router.get("/readyz", response_model=ReadyOut, responses={503: {"model": ReadyOut}})
-async def readyz(service: ServiceDep) -> JSONResponse:
+async def readyz(runtime: RuntimeDep) -> JSONResponse:
     """Readiness: the model is loaded and the database answers (503 otherwise)."""
-    checks = await service.readiness()
+    checks = await runtime.readiness()
     ready = all(v == "ok" or v.startswith("not used") for v in checks.values())
     body = ReadyOut(ready=ready, checks=checks).model_dump()
     return JSONResponse(body, status_code=200 if ready else 503)

@@ -11,10 +11,10 @@ from anyio import to_thread
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from galmet.app.api.deps import ServiceDep
+from galmet.app.api.deps import JobsDep, SettingsDep
+from galmet.app.errors import ApiError
 from galmet.app.results import results_csv, results_json, results_votable
 from galmet.app.schemas import ErrorOut, JobOut, TargetIn
-from galmet.app.service import ApiError
 
 router = APIRouter(tags=["jobs"])
 
@@ -63,11 +63,10 @@ def _check_id(job_id: str) -> str:
         503: {"model": ErrorOut, "description": "the broker did not answer"},
     },
 )
-async def submit_job(request: Request, service: ServiceDep) -> JSONResponse:
+async def submit_job(request: Request, jobs: JobsDep, settings: SettingsDep) -> JSONResponse:
     """Submit targets as a JSON list, a CSV or VOTable file upload (form field ``file``), or a
     CSV body. Columns ``ra``, ``dec`` and optionally ``id``. Every row is kept: bad rows are
     reported in the results, the others predicted. Returns 202 with the job's status."""
-    settings = service.settings
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
         form = await request.form(max_files=1, max_fields=10)
@@ -76,12 +75,12 @@ async def submit_job(request: Request, service: ServiceDep) -> JSONResponse:
             raise ApiError(422, "the form needs a file field named 'file'")
         if upload.size is not None and upload.size > settings.max_job_bytes:
             raise ApiError(413, f"the file is larger than {settings.max_job_bytes} bytes")
-        status = await service.create_job(
+        status = await jobs.create_job(
             upload.file, filename=upload.filename, content_type=upload.content_type
         )
     else:
         body = await _read_capped(request, settings.max_job_bytes)
-        status = await service.create_job(io.BytesIO(body), filename=None, content_type=kind)
+        status = await jobs.create_job(io.BytesIO(body), filename=None, content_type=kind)
     status["links"] = _links(request, status["id"])
     return JSONResponse(
         JobOut(**status).model_dump(mode="json"),
@@ -96,9 +95,9 @@ async def submit_job(request: Request, service: ServiceDep) -> JSONResponse:
     name="job_status",
     responses={404: {"model": ErrorOut, "description": "no such job"}},
 )
-async def job_status(job_id: str, request: Request, service: ServiceDep) -> JobOut:
+async def job_status(job_id: str, request: Request, jobs: JobsDep) -> JobOut:
     """Status, counts (queued, done, failed, invalid) and progress of a job."""
-    status = await service.job_status(_check_id(job_id))
+    status = await jobs.job_status(_check_id(job_id))
     return JobOut(**status, links=_links(request, status["id"]))
 
 
@@ -114,13 +113,13 @@ async def job_status(job_id: str, request: Request, service: ServiceDep) -> JobO
 )
 async def job_results(
     job_id: str,
-    service: ServiceDep,
+    jobs: JobsDep,
     format: Literal["json", "csv", "votable"] = Query("json", description="json, csv or votable"),
 ) -> Response:
     """Every input row, in input order, with its prediction or the reason it has none
     (unanswered rows of a running job show ``queued``)."""
     job_id = _check_id(job_id)
-    status, rows = await service.job_results(job_id)
+    status, rows = await jobs.job_results(job_id)
     name = f"galmet-{job_id}"
     if format == "csv":
         return StreamingResponse(

@@ -7,11 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, File, Query, UploadFile
 from fastapi.responses import Response
 
-from galmet.app.api.deps import ServiceDep
-from galmet.app.coords import parse_coordinates
-from galmet.app.images import BadImage, read_capped
+from galmet.app.api.deps import PredictionsDep, SettingsDep
+from galmet.app.errors import ApiError
 from galmet.app.schemas import CoordinatesIn, ErrorOut, PredictionOut
-from galmet.app.service import ApiError
+from galmet.app.uploads import read_capped
+from galmet.images import BadImage
+from galmet.sky import parse_coordinates
 
 router = APIRouter(tags=["predict"])
 
@@ -35,42 +36,43 @@ def _position(ra: float | str, dec: float | str) -> tuple[float, float]:
 
 @router.get("/predict", response_model=PredictionOut, responses=ERRORS)
 async def predict_get(
-    service: ServiceDep,
+    predictions: PredictionsDep,
     ra: Annotated[str, Query(description="degrees, or hh:mm:ss", examples=["150.0"])],
     dec: Annotated[str, Query(description="degrees, or dd:mm:ss", examples=["2.2"])],
 ) -> PredictionOut:
     """Predict the galaxy at (ra, dec): the SDSS cutout there is fetched (or cached)."""
-    return await service.predict_coordinates(*_position(ra, dec))
+    return await predictions.predict_coordinates(*_position(ra, dec))
 
 
 @router.post("/predict", response_model=PredictionOut, responses=ERRORS)
-async def predict_post(service: ServiceDep, body: CoordinatesIn) -> PredictionOut:
+async def predict_post(predictions: PredictionsDep, body: CoordinatesIn) -> PredictionOut:
     """The same as GET, with a JSON body ``{"ra": …, "dec": …}``."""
-    return await service.predict_coordinates(*_position(body.ra, body.dec))
+    return await predictions.predict_coordinates(*_position(body.ra, body.dec))
 
 
 @router.post("/predict/image", response_model=PredictionOut, responses=ERRORS)
 async def predict_image(
-    service: ServiceDep,
+    predictions: PredictionsDep,
+    settings: SettingsDep,
     file: Annotated[UploadFile, File(description="a JPEG or PNG cutout (gri colour)")],
 ) -> PredictionOut:
     """Predict from an uploaded cutout. Grayscale/RGBA are converted and flagged; other
     sizes are resized to the model's input and flagged."""
     try:
-        data = await read_capped(file, service.settings.max_upload_bytes)
+        data = await read_capped(file, settings.max_upload_bytes)
     except BadImage as exc:
         raise ApiError(exc.status, str(exc)) from None
-    return await service.predict_upload(data)
+    return await predictions.predict_upload(data)
 
 
 @router.get(
     "/cutout", response_class=Response, responses={200: {"content": {"image/jpeg": {}}}, **ERRORS}
 )
 async def cutout(
-    service: ServiceDep,
+    predictions: PredictionsDep,
     ra: Annotated[str, Query(description="degrees, or hh:mm:ss")],
     dec: Annotated[str, Query(description="degrees, or dd:mm:ss")],
 ) -> Response:
     """The SDSS cutout the model sees at (ra, dec), as JPEG (from the cache when fetched before)."""
-    jpeg = await service.cutout(*_position(ra, dec))
+    jpeg = await predictions.cutout_jpeg(*_position(ra, dec))
     return Response(jpeg, media_type="image/jpeg")

@@ -8,12 +8,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
-from galmet.app.api.deps import ServiceDep
+from galmet.app.api.deps import ModelDep
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).resolve().parents[2] / "templates")
 
 
 @router.get("/", response_class=HTMLResponse)
-async def index(request: Request, service: ServiceDep) -> HTMLResponse:
-    return templates.TemplateResponse(request, "index.html", {"model": service.model_out()})
+async def index(request: Request, model: ModelDep) -> HTMLResponse:
+    return templates.TemplateResponse(request, "index.html", {"model": model.describe()})

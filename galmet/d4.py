@@ -15,6 +15,17 @@ import torch
 N_D4 = 8
 #: Which transforms a TTA of n copies uses: identity; + mirror; the 4 rotations; all 8.
 TTA_TRANSFORMS = {1: (0,), 2: (0, 4), 4: (0, 1, 2, 3), 8: tuple(range(N_D4))}
+#: The test-time augmentation levels a model can be asked for (copies averaged).
+TTA_LEVELS = tuple(TTA_TRANSFORMS)
+#: The levels in words, for messages: "1, 2, 4 or 8".
+TTA_LEVELS_TEXT = ", ".join(map(str, TTA_LEVELS[:-1])) + f" or {TTA_LEVELS[-1]}"
+
+
+def check_tta(n: int) -> int:
+    """``n`` if it is a TTA level (1, 2, 4 or 8), else ``ValueError``."""
+    if n not in TTA_TRANSFORMS:
+        raise ValueError(f"TTA must be {TTA_LEVELS_TEXT} copies, got {n}")
+    return n
 
 
 def d4(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -58,6 +69,5 @@ def random_d4(x: torch.Tensor, generator: torch.Generator | None = None) -> torc
 
 def tta_views(x: torch.Tensor, n: int) -> torch.Tensor:
     """The ``n`` TTA copies of a batch (N, C, H, W), stacked as (n * N, C, H, W)."""
-    if n not in TTA_TRANSFORMS:
-        raise ValueError(f"TTA must be 1, 2, 4 or 8 copies, got {n}")
+    check_tta(n)
     return torch.cat([d4(x, k) for k in TTA_TRANSFORMS[n]])

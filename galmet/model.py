@@ -8,25 +8,23 @@ trained with the paper's RMSE loss; a separate linear layer on the head's detach
 features gives log sigma, trained by a Gaussian likelihood of the (detached) residual, so
 the uncertainty never pulls on the prediction.
 
-Only torch, torchvision and NumPy are imported here, so the service loads models without
-the training code.
+Only torch and torchvision are imported here, so the service loads models without the
+training code; prediction is ``galmet.predictor``.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torchvision
 from torch import nn
 
 from galmet.errors import GalmetError
-from galmet.training.augment import tta_views
-from galmet.training.preprocess import IMAGENET_MEAN, IMAGENET_STD, decode_batch, normalise
+from galmet.files import atomic_path
+from galmet.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 ARCHITECTURE = "resnet34"
 CHECKPOINT_FORMAT = "galmet-checkpoint/1"
@@ -172,11 +170,8 @@ class Checkpoint:
 
     def save(self, path: Path) -> None:
         """Write atomically: a crash never leaves a half-written checkpoint."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.to_dict(), tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            torch.save(self.to_dict(), tmp)
 
     @classmethod
     def load(cls, path: Path) -> Checkpoint:
@@ -209,89 +204,3 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-# --------------------------------------------------------------------------- prediction
-
-
-@dataclass
-class Prediction:
-    """Per-galaxy predictions in physical units, arrays of shape (N, T)."""
-
-    outputs: list[str]
-    mean: np.ndarray
-    sigma: np.ndarray  # calibrated: model sigma and TTA/ensemble spread combined
-    spread: np.ndarray  # standard deviation over the TTA copies (and ensemble members)
-
-
-class Predictor:
-    """A loaded checkpoint that turns images into predictions, with D4 test-time augmentation.
-
-    The prediction is the mean over the ``tta`` transformed copies (and over ensemble
-    members); sigma² = mean of the model's sigma² + the spread², times ``sigma_scale``².
-    """
-
-    def __init__(self, checkpoint: Checkpoint, device: str | torch.device = "cpu") -> None:
-        self.checkpoint = checkpoint
-        self.device = torch.device(device)
-        self.nets = checkpoint.models(self.device)
-        if self.device.type == "cuda":
-            self.nets = [n.to(memory_format=torch.channels_last) for n in self.nets]
-        self._mean = np.asarray(checkpoint.target_mean)
-        self._std = np.asarray(checkpoint.target_std)
-
-    @classmethod
-    def from_file(cls, path: Path, device: str | torch.device = "cpu") -> Predictor:
-        return cls(Checkpoint.load(path), device)
-
-    @property
-    def input_size(self) -> int:
-        return self.checkpoint.input_size
-
-    @torch.inference_mode()
-    def predict_images(
-        self, images: torch.Tensor, tta: int = 1, batch_size: int = 256
-    ) -> Prediction:
-        """Predictions for a uint8 batch (N, 3, H, W) or (N, H, W, 3)."""
-        ck = self.checkpoint
-        means, sigmas, spreads = [], [], []
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size].to(self.device, non_blocking=True)
-            x = normalise(chunk, ck.bands, ck.input_mean, ck.input_std)
-            views = tta_views(x, tta)
-            if self.device.type == "cuda":
-                views = views.contiguous(memory_format=torch.channels_last)
-            mu_all, var_all = [], []
-            for net in self.nets:
-                with torch.autocast(self.device.type, torch.bfloat16, enabled=self._bf16()):
-                    mu, log_sigma = net(views)
-                mu_all.append(mu.float().view(tta, len(chunk), -1))
-                var_all.append(torch.exp(2 * log_sigma.float()).view(tta, len(chunk), -1))
-            mu = torch.cat(mu_all)
-            spread = mu.std(dim=0, unbiased=False)
-            var = torch.cat(var_all).mean(dim=0) + spread**2
-            means.append(mu.mean(dim=0).cpu())
-            sigmas.append((var.sqrt() * self.sigma_scale(tta)).cpu())
-            spreads.append(spread.cpu())
-        mean = torch.cat(means).numpy() * self._std + self._mean
-        sigma = torch.cat(sigmas).numpy() * self._std
-        spread = torch.cat(spreads).numpy() * self._std
-        return Prediction(list(ck.outputs), mean, sigma, spread)
-
-    def predict_bytes(self, images: Sequence[bytes], tta: int = 1) -> Prediction:
-        """Predictions for encoded images (JPEG/PNG), each resized to the model's input.
-
-        On a GPU the JPEGs are decoded there in one batch (``decode_batch``); on the CPU
-        each goes through ``decode_image``, as in training.
-        """
-        return self.predict_images(decode_batch(images, self.input_size, self.device), tta)
-
-    def sigma_scale(self, tta: int) -> float:
-        """Calibration factor of sigma at this TTA level (nearest calibrated level; 1 if none)."""
-        scales = self.checkpoint.sigma_scale
-        if not scales:
-            return 1.0
-        return scales[min(scales, key=lambda level: abs(level - tta))]
-
-    def _bf16(self) -> bool:
-        return self.device.type == "cuda"

@@ -8,30 +8,39 @@ create it, use it and close it within one event loop::
         jpeg = await sky.cutout(150.1, 2.2)
         table = await sky.sql("SELECT TOP 10 objID, ra, dec FROM Galaxy")
 
-Politeness: at most ``concurrency`` requests in flight and request starts spaced at least
-``1 / rate`` seconds apart, shared by every task using the client. Failures that may pass
-(HTTP 5xx and 429, timeouts, connection errors, truncated or undecodable JPEGs) are retried
-``retries`` times with exponential backoff and jitter; other 4xx answers are not.
+Politeness: at most ``concurrency`` requests in flight (a semaphore) and request starts
+spaced at least ``1 / rate`` seconds apart (aiolimiter), shared by every task using the
+client. Failures that may pass (HTTP 5xx and 429, timeouts, connection errors, truncated or
+undecodable JPEGs) are retried ``retries`` times with exponential backoff and full jitter
+(tenacity); other 4xx answers are not.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import json
-import random
-import re
-import time
 from collections.abc import Callable
-from typing import Self
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Self
 
 import httpx
 import numpy as np
-from astropy.table import Table
-from PIL import Image
+from aiolimiter import AsyncLimiter
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
 
 from galmet import __version__
 from galmet.errors import GalmetError
+from galmet.images import decode_jpeg, is_blank
+from galmet.sky import check_position
+from galmet.text import one_line
+
+if TYPE_CHECKING:
+    from astropy.table import Table
 
 #: The real SDSS DR17 SkyServer; the release is part of the base URL.
 DEFAULT_SKYSERVER_URL = "https://skyserver.sdss.org/dr17"
@@ -51,15 +60,6 @@ DEFAULT_SQL_TIMEOUT = 600.0
 
 #: getjpeg only serves sizes in this range (pixels).
 MIN_SIZE, MAX_SIZE = 64, 2048
-
-#: Blank-cutout test: blank when the 99.9th percentile of the brightest channel (0-255) is
-#: below 10, i.e. fewer than 0.1 % of the pixels (16 of 128 x 128) reach 10. Off-footprint
-#: getjpeg answers are black (0 after JPEG coding); on the mock sky, empty in-footprint sky
-#: already gives 34-35 from noise alone and the faintest, lowest-surface-brightness sample
-#: galaxies 78 or more. A percentile rather than the maximum lets a few stray bright pixels
-#: pass; a PSF-sized blob of peak 40 on pure black still counts as data.
-BLANK_LEVEL = 10
-BLANK_PERCENTILE = 99.9
 
 
 class SkyServerError(GalmetError):
@@ -83,14 +83,6 @@ class _Retryable(Exception):
 
     def __init__(self, error: SkyServerError) -> None:
         self.error = error
-
-
-def one_line(text: str, limit: int = 200) -> str:
-    """Condense a server message (text or HTML) to one short line."""
-    text = re.sub(r"<(script|style)\b.*?</\1>", " ", text, flags=re.S | re.I)
-    text = re.sub(r"<[^>]+>", " ", text)
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def server_message(text: str) -> str:
@@ -117,6 +109,8 @@ def parse_sql_csv(text: str) -> Table:
     if first.strip() != "#Table1":
         message = server_message(text) or "empty answer"
         raise SkyServerUpstreamError(f"SkyServer SQL search failed: {message}", "SQL error")
+    from astropy.table import Table  # only SQL needs it: the core imports without astropy
+
     if not rest.strip():
         return Table()
     try:
@@ -127,67 +121,17 @@ def parse_sql_csv(text: str) -> Table:
         ) from exc
 
 
-def decode_jpeg(data: bytes, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Fully decode a JPEG into an RGB uint8 array (height, width, 3).
+@dataclass(frozen=True)
+class Cutout:
+    """A fetched ``getjpeg`` cutout: the JPEG as sent, and its pixels, decoded once."""
 
-    Raises ``ValueError`` for bytes that are not a complete JPEG (a truncated body
-    included) or, when ``size`` (width, height) is given, one of another size.
-    """
-    # Pillow fails on a cut-short file too, unless something in the process has set
-    # ImageFile.LOAD_TRUNCATED_IMAGES; the end-of-image marker check does not depend on that.
-    if not data.startswith(b"\xff\xd8"):
-        raise ValueError("not a JPEG")
-    if not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
-        raise ValueError("truncated JPEG")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.format != "JPEG":
-                raise ValueError("not a JPEG")
-            if size is not None and im.size != tuple(size):
-                raise ValueError(f"JPEG is {im.size[0]}x{im.size[1]}, not {size[0]}x{size[1]}")
-            im.load()
-            return np.asarray(im.convert("RGB"))
-    except (OSError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"undecodable JPEG ({one_line(str(exc), 80)})") from exc
+    jpeg: bytes
+    pixels: np.ndarray  # RGB uint8 (height, width, 3)
 
-
-def is_valid_jpeg(data: bytes, size: tuple[int, int] | None = None) -> bool:
-    """Whether ``data`` is a complete, decodable JPEG (of ``size``, when given)."""
-    try:
-        decode_jpeg(data, size)
-    except ValueError:
-        return False
-    return True
-
-
-def is_blank_cutout(image: bytes | np.ndarray) -> bool:
-    """Whether a cutout is SkyServer's empty (near-black) off-footprint image.
-
-    True when the ``BLANK_PERCENTILE`` of the brightest channel stays below ``BLANK_LEVEL``
-    (see there for the evidence): sky noise alone lifts it well above, galaxy or not.
-    """
-    pixels = decode_jpeg(image) if isinstance(image, bytes | bytearray) else np.asarray(image)
-    if pixels.ndim == 3:
-        pixels = pixels.max(axis=-1)
-    return bool(np.percentile(pixels, BLANK_PERCENTILE) < BLANK_LEVEL)
-
-
-class _RateLimiter:
-    """Spaces request starts at least ``1 / rate`` seconds apart across all tasks."""
-
-    def __init__(self, rate: float | None) -> None:
-        self._interval = 1.0 / rate if rate else 0.0
-        self._next = 0.0
-
-    async def wait(self) -> None:
-        if not self._interval:
-            return
-        # No await between reading and booking the slot, so tasks cannot take the same one.
-        now = time.monotonic()
-        slot = max(now, self._next)
-        self._next = slot + self._interval
-        if slot > now:
-            await asyncio.sleep(slot - now)
+    @property
+    def blank(self) -> bool:
+        """SkyServer's empty (near-black) image: off the imaging footprint."""
+        return is_blank(self.pixels)
 
 
 class SkyServerClient:
@@ -226,7 +170,8 @@ class SkyServerClient:
         #: Requests sent so far, retries included.
         self.requests_sent = 0
         self._semaphore = asyncio.Semaphore(concurrency)
-        self._rate = _RateLimiter(rate)
+        # One request start per 1/rate seconds: a bucket of one, so no bursts.
+        self._limiter = AsyncLimiter(1, 1.0 / rate) if rate else None
         self._http = httpx.AsyncClient(
             base_url=self.base_url + "/",
             transport=transport,
@@ -254,22 +199,23 @@ class SkyServerClient:
         scale: float = DEFAULT_SCALE,
         width: int = DEFAULT_SIZE,
         height: int = DEFAULT_SIZE,
-    ) -> bytes:
-        """The ``getjpeg`` cutout centred on (ra, dec) in degrees, as complete JPEG bytes.
+    ) -> Cutout:
+        """The ``getjpeg`` cutout centred on (ra, dec) in degrees: complete JPEG bytes and
+        their pixels (decoded once, here, to check the body).
 
-        Off the imaging footprint SkyServer still answers with a (near-black) JPEG: check
-        the result with ``is_blank_cutout``.
+        Off the imaging footprint SkyServer still answers with a (near-black) JPEG: see
+        ``Cutout.blank``.
         """
-        if not (0.0 <= ra < 360.0 and -90.0 <= dec <= 90.0):
-            raise ValueError(f"coordinates out of range: ra={ra}, dec={dec}")
+        check_position(ra, dec)
         if not (MIN_SIZE <= width <= MAX_SIZE and MIN_SIZE <= height <= MAX_SIZE):
             raise ValueError(f"cutout size must be {MIN_SIZE}..{MAX_SIZE} px")
         if not scale > 0:
             raise ValueError("scale must be positive")
+        decoded: list[np.ndarray] = []
 
         def check(response: httpx.Response) -> None:
             try:
-                decode_jpeg(response.content, (width, height))
+                decoded.append(decode_jpeg(response.content, (width, height)))
             except ValueError as exc:
                 raise _Retryable(SkyServerUpstreamError(f"bad cutout: {exc}", str(exc))) from exc
 
@@ -277,7 +223,7 @@ class SkyServerClient:
         response = await self._get(
             "SkyServerWS/ImgCutout/getjpeg", params, what=f"cutout at {ra} {dec}", check=check
         )
-        return response.content
+        return Cutout(response.content, decoded[-1])
 
     async def sql(self, query: str) -> Table:
         """Run a SQL query (T-SQL dialect, at most 500,000 rows) and return the rows.
@@ -295,11 +241,6 @@ class SkyServerClient:
         )
         return parse_sql_csv(response.text)
 
-    def _delay(self, retry: int) -> float:
-        # Exponential backoff with "equal jitter", so that parallel tasks do not retry in step.
-        delay = min(self.max_backoff, self.backoff * 2 ** (retry - 1))
-        return delay * random.uniform(0.5, 1.0)
-
     async def _get(
         self,
         path: str,
@@ -310,47 +251,70 @@ class SkyServerClient:
         check: Callable[[httpx.Response], None] | None = None,
         retry_reported: bool = True,
     ) -> httpx.Response:
-        """GET with the concurrency limit, the rate limit and retries.
+        """GET with the concurrency limit, the rate limit and retries (see the module).
 
         ``check`` may raise ``_Retryable`` for a body that is not right; with
         ``retry_reported`` false, errors SkyServer explains in JSON are final.
         """
         timeout = timeout or self.timeout
         attempts = self.retries + 1
-        for attempt in range(attempts):
-            if attempt:
-                await asyncio.sleep(self._delay(attempt))
-            try:
-                async with self._semaphore:
-                    await self._rate.wait()
-                    self.requests_sent += 1
-                    # A hard deadline per attempt: httpx's timeouts are per read, and a
-                    # server trickling bytes would never trip them.
-                    async with asyncio.timeout(timeout):
-                        response = await self._http.get(path, params=params)
-                status = response.status_code
-                if status >= 500 or status == 429:
-                    if not retry_reported and _is_reported_error(response):
-                        raise _http_error(response, what)
-                    raise _Retryable(_http_error(response, what))
-                if status >= 400:
-                    raise _http_error(response, what)
-                if check is not None:
-                    check(response)
-                return response
-            except (TimeoutError, httpx.TimeoutException):
-                error: SkyServerError = SkyServerTimeout(
-                    f"SkyServer {what}: no answer within {timeout:g} s", "timeout"
-                )
-            except httpx.TransportError as exc:
-                reason = one_line(str(exc), 80) or type(exc).__name__
-                error = SkyServerUpstreamError(f"SkyServer {what}: {reason}", reason)
-            except _Retryable as exc:
-                error = exc.error
-        if attempts > 1:
-            error.reason = f"{error.reason} ({attempts} attempts)"
-            error.args = (f"{error.args[0]} ({attempts} attempts)",)
-        raise error
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(attempts),
+            # Full jitter, so that parallel tasks do not retry in step.
+            wait=wait_random_exponential(multiplier=self.backoff, max=self.max_backoff),
+            retry=retry_if_exception_type(_Retryable),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._attempt(path, params, what, timeout, check, retry_reported)
+        except _Retryable as exc:
+            error = exc.error
+            if attempts > 1:
+                error.reason = f"{error.reason} ({attempts} attempts)"
+                error.args = (f"{error.args[0]} ({attempts} attempts)",)
+            raise error from None
+        raise AssertionError("unreachable: tenacity either returns or raises")
+
+    async def _attempt(
+        self,
+        path: str,
+        params: dict,
+        what: str,
+        timeout: float,
+        check: Callable[[httpx.Response], None] | None,
+        retry_reported: bool,
+    ) -> httpx.Response:
+        """One request: the response, ``_Retryable`` for a failure that may pass, or a final
+        ``SkyServerError``."""
+        try:
+            async with self._semaphore:
+                if self._limiter is not None:
+                    await self._limiter.acquire()
+                self.requests_sent += 1
+                # A hard deadline per attempt: httpx's timeouts are per read, and a server
+                # trickling bytes would never trip them.
+                async with asyncio.timeout(timeout):
+                    response = await self._http.get(path, params=params)
+        except (TimeoutError, httpx.TimeoutException):
+            raise _Retryable(
+                SkyServerTimeout(f"SkyServer {what}: no answer within {timeout:g} s", "timeout")
+            ) from None
+        except httpx.TransportError as exc:
+            reason = one_line(str(exc), 80) or type(exc).__name__
+            error = SkyServerUpstreamError(f"SkyServer {what}: {reason}", reason)
+            raise _Retryable(error) from None
+        status = response.status_code
+        if status >= 500 or status == 429:
+            if not retry_reported and _is_reported_error(response):
+                raise _http_error(response, what)
+            raise _Retryable(_http_error(response, what))
+        if status >= 400:
+            raise _http_error(response, what)
+        if check is not None:
+            check(response)
+        return response
 
 
 def _is_reported_error(response: httpx.Response) -> bool:

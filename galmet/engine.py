@@ -2,15 +2,15 @@
 
 One inference engine, two ways to feed it:
 
-- ``predict_arrays(predictor, images, tta)`` is the plain synchronous step, decoded images
-  in, prediction records out; the Celery worker calls it directly on its batches.
+- ``Predictor.predict_arrays(images, tta)`` is the plain synchronous step, decoded images
+  in, prediction records out.
 - ``InferenceEngine`` feeds it from asyncio: concurrent callers' images are gathered into
   micro-batches (up to ``batch_size`` images, or whatever arrived within ``batch_wait_ms``
   of the oldest waiting one, one TTA level per batch) and each batch runs in a single
   worker thread, so the model is used by one thread at a time and the event loop never
   waits on it.
 
-Images reach both already decoded by ``training.preprocess.decode_image(data,
+Images reach both already decoded by ``galmet.images.decode_image(data,
 predictor.input_size)``, the preprocessing of training. A record is
 ``{"outputs": {name: value}, "sigma": {name: value}, "tta_spread": {name: value}}`` in
 physical units (dex), keyed by the checkpoint's output names (``oh_p50``, ``lgm_tot_p50``).
@@ -23,6 +23,7 @@ import contextlib
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,72 +31,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from galmet.app.metrics import observe_batch
-from galmet.training.augment import TTA_TRANSFORMS
-from galmet.training.model import Predictor
+from galmet.d4 import check_tta
+from galmet.predictor import Predictor, check_images, default_tta
 
 log = logging.getLogger(__name__)
-
-#: TTA copies on the CPU when ``GALMET_TTA`` is unset: 4. Measured on this project's 2-core
-#: CPU (bench/infer_throughput.py, JPEG bytes to predictions, batches of 64, one torch
-#: thread on a CPU shared with other jobs), images/s at TTA 1 / 2 / 4 / 8:
-#:   32 px (the demo model's input): 498 / 263 / 153 / 83   (two threads: 986 / - / 331 / 166)
-#:   128 px (a full-size model):       37 /  16 / 7.6 / 3.6
-#: What the copies buy, demo model (3000 mock galaxies, 32 px), test RMSE of oh_p50 on 1000
-#: held-out galaxies (std 0.133 dex): 0.0936 / 0.0885 / 0.0861 / 0.0860; other demo
-#: trainings agreed (TTA 4 gains 1-8 %, TTA 8 under 1 % more). So 4: nearly all the gain at
-#: half the cost of 8, and the demo still runs 150+ images/s on one busy core, far above the
-#: 10 cutouts/s the service fetches from SkyServer. A full-size model on a CPU does ~8
-#: images/s per core at TTA 4: set GALMET_TTA=1 or 2 there if throughput matters more.
-TTA_CPU = 4
-#: TTA copies on a GPU when unset: all eight, as in the paper (≈6 ms/image on a P100).
-TTA_GPU = 8
 
 
 class EngineClosed(RuntimeError):
     """The engine was closed before (or while) the request could run."""
-
-
-def default_tta(device: str | torch.device, settings_tta: int | None = None) -> int:
-    """TTA copies to use: the setting if given, else ``TTA_GPU`` on CUDA, ``TTA_CPU`` on a CPU."""
-    if settings_tta is not None:
-        return settings_tta
-    return TTA_GPU if torch.device(device).type == "cuda" else TTA_CPU
-
-
-def check_images(images: list[np.ndarray], size: int) -> None:
-    """Raise ``ValueError`` unless every image is a decoded (size, size, 3) uint8 array."""
-    for i, image in enumerate(images):
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
-            raise ValueError(f"image {i} is not a uint8 array (decode it with decode_image)")
-        if image.shape != (size, size, 3):
-            raise ValueError(
-                f"image {i} has shape {image.shape}, the model needs ({size}, {size}, 3): "
-                "decode it with decode_image(data, predictor.input_size)"
-            )
-
-
-def predict_arrays(predictor: Predictor, images: list[np.ndarray], tta: int) -> list[dict]:
-    """Prediction records for decoded RGB uint8 images (H, W, 3), one forward pass per
-    ``predictor``'s chunk. Synchronous: the engine's thread and the Celery worker call it."""
-    if tta not in TTA_TRANSFORMS:
-        raise ValueError(f"TTA must be 1, 2, 4 or 8 copies, got {tta}")
-    if not images:
-        return []
-    check_images(images, predictor.input_size)
-    batch = torch.from_numpy(np.stack(images))
-    if predictor.device.type == "cuda":
-        batch = batch.pin_memory()  # lets the copy to the GPU overlap
-    pred = predictor.predict_images(batch, tta)
-    names = pred.outputs
-    return [
-        {
-            "outputs": {n: float(pred.mean[i, j]) for j, n in enumerate(names)},
-            "sigma": {n: float(pred.sigma[i, j]) for j, n in enumerate(names)},
-            "tta_spread": {n: float(pred.spread[i, j]) for j, n in enumerate(names)},
-        }
-        for i in range(len(images))
-    ]
 
 
 @dataclass
@@ -156,7 +99,9 @@ class InferenceEngine:
         batch_size: int = 64,
         batch_wait_ms: float = 5.0,
         tta: int | None = None,
+        on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
+        """``on_batch(images, seconds)`` is called after each batch (the service's metrics)."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if batch_wait_ms < 0:
@@ -165,6 +110,7 @@ class InferenceEngine:
         self.batch_size = batch_size
         self.batch_wait = batch_wait_ms / 1000
         self.tta = default_tta(predictor.device, tta)  # when predict is given none
+        self._on_batch = on_batch
         self.stats = EngineStats()
         # One thread: the model is never used by two threads at once.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="galmet-inference")
@@ -178,7 +124,7 @@ class InferenceEngine:
         cls, path: str | Path, device: str | torch.device = "cpu", **kwargs
     ) -> InferenceEngine:
         """An engine for the checkpoint file at ``path`` on ``device`` (``auto`` allowed)."""
-        from galmet.training.train import pick_device
+        from galmet.device import pick_device
 
         if str(device) in ("auto", "cpu", "cuda"):
             device = pick_device(str(device))
@@ -221,9 +167,7 @@ class InferenceEngine:
         Raises ``ValueError`` at once for bad input (so it never fails anyone else's batch),
         and whatever the forward pass raised for the batch this request was part of.
         """
-        tta = self.tta if tta is None else tta
-        if tta not in TTA_TRANSFORMS:
-            raise ValueError(f"TTA must be 1, 2, 4 or 8 copies, got {tta}")
+        tta = check_tta(self.tta if tta is None else tta)
         check_images(images, self.predictor.input_size)
         if not images:
             return []
@@ -302,7 +246,7 @@ class InferenceEngine:
         started = time.perf_counter()
         try:
             records = await loop.run_in_executor(
-                self._executor, predict_arrays, self.predictor, images, tta
+                self._executor, self.predictor.predict_arrays, images, tta
             )
         except Exception as exc:
             self.stats.failed_batches += 1
@@ -314,7 +258,8 @@ class InferenceEngine:
         finally:
             elapsed = time.perf_counter() - started
             self.stats.busy_seconds += elapsed
-        observe_batch(len(batch), elapsed)
+        if self._on_batch is not None:
+            self._on_batch(len(batch), elapsed)
         self.stats.batches += 1
         self.stats.images += len(batch)
         self.stats.batch_sizes[len(batch)] += 1

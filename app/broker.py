@@ -1,7 +1,7 @@
 """The Celery app: broker settings that make a chunk survive a lost worker.
 
 The API only sends messages (by task name); ``galmet worker`` processes register and run the
-task (``worker.tasks``). Settings, and why:
+task (``galmet.worker.tasks``); nothing here imports the worker. Settings, and why:
 
 - ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged only after
   its chunk is done; a worker process killed mid-chunk gives the message back.

@@ -1,7 +1,7 @@
 """One chunk of a batch job: the unit of work of both executors.
 
-``run_chunk(service, job_id, chunk)`` is the same code whether a Celery worker runs it (its
-process holds a ``Service`` of its own) or the API runs it in-process (no broker): targets
+``run_chunk(predictions, job_id, chunk)`` is the same code whether a Celery worker runs it
+(its process holds ``Predictions`` of its own) or the API runs it in-process (no broker): targets
 already answered are skipped, cached predictions are taken from the cache without touching
 SkyServer or the model, the missing cutouts are fetched concurrently (the SkyServer client
 bounds concurrency and rate and retries upstream failures), all the chunk's images go through
@@ -18,17 +18,19 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
-from sqlalchemy import bindparam, func, select, update
+import numpy as np
+from anyio import to_thread
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from galmet.app import cache
-from galmet.app.images import centre_has_source
+from galmet.app.errors import ApiError, blank_cutout_error
+from galmet.app.jobs.store import close_job_if_done, now
 from galmet.app.metrics import JOB_TARGETS
 from galmet.app.models import Job, JobChunk, JobTarget
-from galmet.app.service import ApiError, Service, blank_cutout_error
-from galmet.training.preprocess import decode_image
+from galmet.app.predictions import Predictions
+from galmet.images import centre_has_source, decode_image
 
 log = logging.getLogger("galmet.jobs")
 
@@ -51,24 +53,20 @@ class ChunkOutcome:
     job_finished: bool = False
 
 
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-async def run_chunk(service: Service, job_id: str, chunk: int) -> ChunkOutcome:
+async def run_chunk(predictions: Predictions, job_id: str, chunk: int) -> ChunkOutcome:
     """Answer every queued target of chunk ``chunk`` of job ``job_id``; see the module doc."""
     started = time.perf_counter()
     out = ChunkOutcome(job_id, chunk)
     extra = {"job_id": job_id, "chunk": chunk}
-    job, targets, total = await service.run_db(_begin, job_id, chunk)
+    job, targets, total = await predictions.db.run(_begin, job_id, chunk)
     if job is None:
         log.warning("job %s is gone; chunk %d dropped", job_id, chunk, extra=extra)
         return out
     out.skipped = total - len(targets)
-    heartbeat = asyncio.create_task(_heartbeat(service, job_id, chunk))
+    heartbeat = asyncio.create_task(_heartbeat(predictions, job_id, chunk))
     try:
-        results = await _answer(service, job, targets, out)
-        out.job_finished = await service.run_db(_finish, job_id, chunk, results)
+        results = await _answer(predictions, job, targets, out)
+        out.job_finished = await predictions.db.run(_finish, job_id, chunk, results)
     finally:
         heartbeat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -113,9 +111,9 @@ class _Result:
 
 
 async def _answer(
-    service: Service, job: Job, targets: list[JobTarget], out: ChunkOutcome
+    predictions: Predictions, job: Job, targets: list[JobTarget], out: ChunkOutcome
 ) -> dict[int, _Result]:
-    model = service._model()
+    model = predictions.model
     results: dict[int, _Result] = {}
     if job.model_version != model.version:
         reason = (
@@ -129,7 +127,7 @@ async def _answer(
 
     # 1. The cache, in one session: no SkyServer, no model.
     clock = time.perf_counter()
-    hits = await service.run_db(_cached, [(t.id, t.ra, t.dec) for t in targets], job)
+    hits = await predictions.db.run(_cached, [(t.id, t.ra, t.dec) for t in targets], job)
     for target_id, prediction_id in hits.items():
         results[target_id] = _Result("done", cached=True, prediction_id=prediction_id)
     out.cached = len(hits)
@@ -138,16 +136,18 @@ async def _answer(
 
     # 2. Cutouts and the model, pipelined in parts of one engine batch: while one part is in
     #    the model, the next part's cutouts download.
-    size = max(1, service.settings.batch_size)
+    size = max(1, predictions.settings.batch_size)
     parts = [todo[i : i + size] for i in range(0, len(todo), size)]
-    ready: list[tuple[JobTarget, object]] = []
+    ready: list[tuple[JobTarget, np.ndarray]] = []
     records: list[dict] = []
-    upcoming = asyncio.create_task(_images(service, parts[0])) if parts else None
+    upcoming = asyncio.create_task(_images(predictions, parts[0])) if parts else None
     try:
         for k in range(len(parts)):
             part_ready, failures, seconds = await upcoming
             upcoming = (
-                asyncio.create_task(_images(service, parts[k + 1])) if k + 1 < len(parts) else None
+                asyncio.create_task(_images(predictions, parts[k + 1]))
+                if k + 1 < len(parts)
+                else None
             )
             out.fetch_seconds += seconds
             for target_id, error in failures.items():
@@ -155,7 +155,7 @@ async def _answer(
             out.failed += len(failures)
             if part_ready:
                 clock = time.perf_counter()
-                records += await service.predict_images([p for _, p in part_ready], job.tta)
+                records += await predictions.predict_images([p for _, p in part_ready], job.tta)
                 out.inference_seconds += time.perf_counter() - clock
                 ready += part_ready
     finally:
@@ -168,7 +168,7 @@ async def _answer(
 
     # 3. Idempotent upserts, one transaction for the chunk.
     clock = time.perf_counter()
-    stored = await service.run_db(_store, ready, records, job)
+    stored = await predictions.db.run(_store, ready, records, job)
     out.store_seconds = time.perf_counter() - clock
     for t, _ in ready:
         results[t.id] = _Result("done", cached=False, prediction_id=stored[t.id])
@@ -177,54 +177,69 @@ async def _answer(
 
 
 async def _images(
-    service: Service, targets: list[JobTarget]
-) -> tuple[list[tuple[JobTarget, object]], dict[int, ApiError], float]:
-    """Decoded cutouts of ``targets``: the cached ones read in one session, the rest fetched
-    concurrently (the client bounds how many at once) and stored in one transaction.
-    Returns (target, pixels) pairs, the failures by target id, and the seconds taken."""
+    predictions: Predictions, targets: list[JobTarget]
+) -> tuple[list[tuple[JobTarget, np.ndarray]], dict[int, ApiError], float]:
+    """Decoded cutouts of ``targets`` at the model's input size: the cached ones read in one
+    session (and decoded once), the rest fetched concurrently (the client bounds how many at
+    once; it decoded them already) and stored in one transaction. Returns (target, pixels)
+    pairs, the failures by target id, and the seconds taken."""
     clock = time.perf_counter()
-    model = service._model()
-    cutouts = await service.run_db(_cutouts, targets, model.fetch_scale, model.fetch_size)
-    missing = [t for t in targets if t.id not in cutouts]
+    model = predictions.model
+    rows = await predictions.db.run(_cutouts, targets, model.fetch_scale, model.fetch_size)
+    missing = [t for t in targets if t.id not in rows]
 
     async def fetch(t: JobTarget):
         try:
-            return await service.fetch_cutout(t.ra, t.dec)
+            return await predictions.fetch_cutout(t.ra, t.dec)
         except ApiError as exc:
             return exc
 
-    fetched = await asyncio.gather(*(fetch(t) for t in missing))
-    good = [
-        (t, got) for t, got in zip(missing, fetched, strict=True) if not isinstance(got, ApiError)
-    ]
+    answers = await asyncio.gather(*map(fetch, missing))
+    fetched = {t.id: got for t, got in zip(missing, answers, strict=True)}
+    failures = {i: got for i, got in fetched.items() if isinstance(got, ApiError)}
+    good = [(t, fetched[t.id]) for t in missing if t.id not in failures]
     if good:
-        items = [(t.ra, t.dec, model.fetch_scale, model.fetch_size, *got) for t, got in good]
-        rows = await service.run_db(cache.store_cutouts, items)
-        cutouts.update((t.id, row) for (t, _), row in zip(good, rows, strict=True))
-    failures = {
-        t.id: got for t, got in zip(missing, fetched, strict=True) if isinstance(got, ApiError)
-    }
+        scale, size = model.fetch_scale, model.fetch_size
+        items = [(t.ra, t.dec, scale, size, c.jpeg, c.blank) for t, c in good]
+        await predictions.db.run(cache.store_cutouts, items)
+
+    def pixels(t: JobTarget) -> np.ndarray | None:
+        """The model's input for a target; None for a blank cutout."""
+        if t.id in fetched:
+            got = fetched[t.id]
+            return None if got.blank else decode_image(got.pixels, model.input_size)
+        row = rows[t.id]
+        return None if row.blank else decode_image(row.jpeg, model.input_size)
+
+    def decode_all() -> list[tuple[JobTarget, np.ndarray | None | ApiError]]:
+        out = []
+        for t in targets:
+            if t.id in failures:
+                continue
+            try:
+                out.append((t, pixels(t)))
+            except ValueError as exc:  # a cached cutout that will not decode
+                out.append((t, ApiError(502, f"SkyServer sent an unreadable cutout: {exc}")))
+        return out
+
     ready = []
-    for t in targets:
-        if t.id in failures:
-            continue
-        if cutouts[t.id].blank:
+    for t, got in await to_thread.run_sync(decode_all):
+        if isinstance(got, ApiError):
+            failures[t.id] = got
+        elif got is None:
             failures[t.id] = blank_cutout_error(t.ra, t.dec)
-            continue
-        try:
-            ready.append((t, decode_image(cutouts[t.id].jpeg, model.checkpoint.input_size)))
-        except ValueError as exc:  # a cutout that will not decode
-            failures[t.id] = ApiError(502, f"SkyServer sent an unreadable cutout: {exc}")
+        else:
+            ready.append((t, got))
     return ready, failures, time.perf_counter() - clock
 
 
-async def _heartbeat(service: Service, job_id: str, chunk: int) -> None:
+async def _heartbeat(predictions: Predictions, job_id: str, chunk: int) -> None:
     """Tell the API this chunk is alive, so it is not sent again while it runs."""
-    interval = max(service.settings.job_stall_seconds / 3, 0.05)
+    interval = max(predictions.settings.job_stall_seconds / 3, 0.05)
     while True:
         await asyncio.sleep(interval)
         try:
-            await service.run_db(_touch, job_id, chunk)
+            await predictions.db.run(_touch, job_id, chunk)
         except Exception:  # a missed beat is harmless; the next one may get through
             log.warning("heartbeat of chunk %d of job %s failed", chunk, job_id, exc_info=True)
 
@@ -328,18 +343,3 @@ def _finish(session: Session, job_id: str, chunk: int, results: dict[int, _Resul
     finished = close_job_if_done(session, job_id)
     session.commit()
     return finished
-
-
-def close_job_if_done(session: Session, job_id: str) -> bool:
-    """Stamp the job finished when none of its targets is queued any more (not committed).
-    Returns whether it is finished."""
-    left = session.scalar(
-        select(func.count())
-        .select_from(JobTarget)
-        .where(JobTarget.job_id == job_id, JobTarget.status == "queued")
-    )
-    if left == 0:
-        session.execute(
-            update(Job).where(Job.id == job_id, Job.finished_at.is_(None)).values(finished_at=now())
-        )
-    return left == 0

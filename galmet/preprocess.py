@@ -1,7 +1,8 @@
 """The one image-preprocessing path, shared by training, evaluation and serving.
 
 An image (JPEG/PNG bytes, or a uint8 array) becomes a uint8 array of shape (H, W, 3) with
-``decode_image``; a batch of those becomes the network's float input with ``normalise``.
+``galmet.images.decode_image``; a batch of those becomes the network's float input with
+``normalise``.
 ``decode_batch`` does the first step for a whole batch of encoded images, on the GPU when
 the model runs there. All are light (Pillow, NumPy, torch; torchvision only on CUDA) so the
 service imports them without training code.
@@ -17,33 +18,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from galmet.images import decode_image
+
 # ImageNet statistics: what torchvision's pretrained ResNet-34 expects; used for
 # from-scratch models too, so that every checkpoint normalises the same way.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BANDS = ("gri", "r")
-JPEG_START, JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
-
-
-def decode_image(data: bytes | np.ndarray, size: int | None = None) -> np.ndarray:
-    """RGB uint8 array (H, W, 3) from image bytes or an array; resized to ``size`` if given.
-
-    Grayscale and RGBA inputs are converted to RGB. Raises ``ValueError`` for bytes that
-    are not a complete image.
-    """
-    if isinstance(data, np.ndarray):
-        image = Image.fromarray(np.ascontiguousarray(data))
-    else:
-        try:
-            image = Image.open(io.BytesIO(data))
-            image.load()
-        except (OSError, Image.DecompressionBombError, SyntaxError) as exc:
-            raise ValueError(f"not a readable image: {exc}") from exc
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    if size is not None and image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.uint8)
+JPEG_START, JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"  # nvJPEG: a JFIF/EXIF start only
 
 
 def gpu_decodable(data: bytes) -> bool:

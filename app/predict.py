@@ -1,0 +1,185 @@
+"""``galmet predict``: predictions for image files or sky coordinates, without the server.
+
+``galmet predict --model MODEL IMAGE...`` predicts each JPEG/PNG cutout;
+``galmet predict --model MODEL --ra RA --dec DEC`` fetches the SDSS cutout there first (the
+cutout the model needs: ``galmet.predictor.fetch_geometry``). Files are checked by the
+service's own upload rule (``galmet.images.check_upload``), every image is decoded once, and
+the fields printed are the service's (``galmet.record``).
+
+Coordinates are decimal degrees or sexagesimal strings read by astropy (``10:00:00`` is
+hours for RA, ``+02:00:00`` degrees for Dec; ``150d`` or ``10h00m00s`` say their unit).
+A negative sexagesimal Dec needs ``=`` to get past the option parser: ``--dec=-02:00:00``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from galmet import sky
+from galmet.d4 import TTA_LEVELS
+from galmet.errors import GalmetError
+from galmet.images import BadImage, check_upload, decode_image
+from galmet.model import Checkpoint, file_sha256
+from galmet.predictor import Predictor, fetch_geometry, training_geometry
+from galmet.record import field_names, public_fields
+from galmet.skyserver import DEFAULT_SCALE, DEFAULT_SKYSERVER_URL, SkyServerClient
+
+
+@dataclass
+class Source:
+    """One thing to predict: its pixels at the model's input size, where they came from,
+    and quality flags."""
+
+    name: str
+    pixels: np.ndarray
+    ra: float | None = None
+    dec: float | None = None
+    flags: list[str] = field(default_factory=list)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, required=True, help="checkpoint (.pt)")
+    parser.add_argument("images", nargs="*", type=Path, metavar="IMAGE", help="JPEG/PNG cutouts")
+    parser.add_argument("--ra", help="right ascension: degrees, or hh:mm:ss (hours)")
+    parser.add_argument("--dec", help="declination: degrees, or dd:mm:ss (write --dec=-dd:mm:ss)")
+    parser.add_argument(
+        "--skyserver",
+        help="SkyServer base URL with the release (default: $GALMET_SKYSERVER_URL, else "
+        f"{DEFAULT_SKYSERVER_URL})",
+    )
+    parser.add_argument(
+        "--scale",
+        type=float,
+        help="arcsec per pixel of the training cutouts (default: from the model, else "
+        f"{DEFAULT_SCALE})",
+    )
+    parser.add_argument("--tta", type=int, choices=TTA_LEVELS, default=8, help="TTA copies (8)")
+    parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+
+# ------------------------------------------------------------------------------ coordinates
+def parse_ra(text: str) -> float:
+    """RA in degrees from decimal degrees or a sexagesimal string (hours unless it says ``d``)."""
+    try:
+        return sky.parse_ra(text, "RA")
+    except ValueError as exc:
+        raise GalmetError(str(exc)) from None
+
+
+def parse_dec(text: str) -> float:
+    """Dec in degrees from decimal degrees or a sexagesimal string (degrees)."""
+    try:
+        return sky.parse_dec(text, "Dec")
+    except ValueError as exc:
+        raise GalmetError(str(exc)) from None
+
+
+# ------------------------------------------------------------------------------ sources
+async def _fetch(url: str, ra: float, dec: float, size: int, scale: float):
+    async with SkyServerClient(url) as client:
+        return await client.cutout(ra, dec, scale=scale, width=size, height=size)
+
+
+def fetch_source(
+    url: str, ra: float, dec: float, size: int, scale: float, input_size: int
+) -> Source:
+    """The SDSS cutout at (ra, dec); refuses a blank (off-footprint) one."""
+    cutout = asyncio.run(_fetch(url, ra, dec, size, scale))
+    if cutout.blank:
+        raise GalmetError(
+            f"the cutout at RA {ra:.6f}, Dec {dec:+.6f} is blank: the position is off the "
+            "SDSS imaging footprint, so there is nothing to predict"
+        )
+    return Source(f"{ra:.6f} {dec:+.6f}", decode_image(cutout.pixels, input_size), ra, dec)
+
+
+def read_source(path: Path, input_size: int, training_size: int) -> Source:
+    """An image file, checked as the service checks uploads, with the same flags."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise GalmetError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        image = check_upload(data, input_size, training_size)
+    except BadImage as exc:
+        raise GalmetError(f"{path}: {exc}") from None
+    if image.blank:
+        raise GalmetError(f"{path} is blank (near-black): nothing to measure")
+    return Source(str(path), image.pixels, flags=image.flags)
+
+
+# ------------------------------------------------------------------------------ output
+def records(sources: list[Source], raw: list[dict], version: str, tta: int) -> list[dict]:
+    """One dict per source with the service's prediction fields."""
+    out = []
+    for src, r in zip(sources, raw, strict=True):
+        rec: dict = {"source": src.name}
+        if src.ra is not None:
+            rec |= {"ra": src.ra, "dec": src.dec}
+        fields = public_fields(r["outputs"], r["sigma"], r["tta_spread"])
+        rec |= {k: v for k, v in fields.items() if v is not None}
+        rec |= {"tta": tta, "model_version": version, "flags": src.flags}
+        out.append(rec)
+    return out
+
+
+def format_table(recs: list[dict], outputs: list[str]) -> str:
+    """A plain text table: source, each output ± sigma, TTA spread, model version, flags."""
+    names = [field_names(o) for o in outputs]
+    header = ["source"] + [v for v, _ in names] + ["tta spread", "model", "flags"]
+    rows = [
+        [r["source"]]
+        + [f"{r[v]:.3f} ± {r[s]:.3f}" for v, s in names]
+        + [
+            ", ".join(f"{r['tta_spread'][v]:.4f}" for v, _ in names),
+            r["model_version"][:12],
+            ",".join(r["flags"]) or "-",
+        ]
+        for r in recs
+    ]
+    table = [header, *rows]
+    widths = [max(len(row[k]) for row in table) for k in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in table]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    from galmet.device import pick_device
+
+    by_coords = args.ra is not None or args.dec is not None
+    if by_coords and args.images:
+        raise GalmetError("give image files or --ra and --dec, not both")
+    if not by_coords and not args.images:
+        raise GalmetError("nothing to predict: give image files, or --ra and --dec")
+    if by_coords and (args.ra is None or args.dec is None):
+        raise GalmetError("--ra and --dec go together")
+    if not args.model.is_file():
+        raise GalmetError(f"no model file {args.model}")
+    ck = Checkpoint.load(args.model)
+    device = pick_device(args.device)
+    if by_coords:
+        ra, dec = parse_ra(args.ra), parse_dec(args.dec)
+        url = args.skyserver or os.environ.get("GALMET_SKYSERVER_URL") or DEFAULT_SKYSERVER_URL
+        size, scale = fetch_geometry(ck, args.scale)
+        sources = [fetch_source(url, ra, dec, size, scale, ck.input_size)]
+    else:
+        size, _ = training_geometry(ck, args.scale)
+        sources = [read_source(path, ck.input_size, size) for path in args.images]
+
+    predictor = Predictor(ck, device)
+    raw = predictor.predict_arrays([s.pixels for s in sources], args.tta)
+    recs = records(sources, raw, file_sha256(args.model), args.tta)
+    if args.json:
+        print(json.dumps(recs, indent=2))
+    else:
+        print(format_table(recs, list(ck.outputs)))
+        print(f"(TTA {args.tta}; ± is the calibrated 1σ uncertainty; dex)")
+    return 0

@@ -1,0 +1,160 @@
+"""Single predictions: by sky position or uploaded image, through the caches.
+
+A prediction by position looks in the result cache first; on a miss it needs the cutout
+(from the cutout cache, else fetched from SkyServer and kept, so a repeated position never
+asks SDSS again), refuses a blank one, runs the model through the micro-batching engine and
+upserts the result. An upload is checked and decoded once (``galmet.images.check_upload``)
+and cached by its SHA-256. Every image is decoded once on each path: a fetched cutout by the
+SkyServer client, a cached one here, an upload by the check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import numpy as np
+from anyio import to_thread
+
+from galmet.app import cache
+from galmet.app.core.config import Settings
+from galmet.app.db import Database
+from galmet.app.errors import ApiError, blank_cutout_error, skyserver_error
+from galmet.app.model_info import LoadedModel
+from galmet.app.schemas import PredictionOut
+from galmet.engine import InferenceEngine
+from galmet.images import BadImage, centre_has_source, check_upload, decode_image
+from galmet.record import public_fields
+from galmet.skyserver import SkyServerClient, SkyServerError
+
+
+@dataclass
+class FetchedCutout:
+    """A cutout for the model: its cache row's JPEG, pixels decoded once, and blankness."""
+
+    jpeg: bytes
+    pixels: np.ndarray | None  # full size; None for a blank one (never decoded further)
+    blank: bool
+
+
+@dataclass
+class Predictions:
+    """Predictions of one process: the model's engine, the caches and SkyServer."""
+
+    settings: Settings
+    db: Database
+    model: LoadedModel
+    engine: InferenceEngine
+    skyserver: SkyServerClient
+    _inflight: dict[tuple, asyncio.Task] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ by position
+    async def predict_coordinates(self, ra: float, dec: float) -> PredictionOut:
+        """Cached, or: cutout (cached or fetched) → blank check → model → cache."""
+        key = (cache.sky_key(ra, dec), self.model.version, self.model.tta)
+        # Identical requests arriving together share one computation.
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.create_task(self._predict_coordinates(ra, dec))
+            self._inflight[key] = task
+            task.add_done_callback(lambda _: self._inflight.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _predict_coordinates(self, ra: float, dec: float) -> PredictionOut:
+        m = self.model
+        row = await self.db.run(cache.find_sky, ra, dec, m.version, m.tta)
+        if row is not None:
+            return self.output(row, cached=True)
+        cutout = await self.cutout(ra, dec)
+        if cutout.blank:
+            raise blank_cutout_error(ra, dec)
+        pixels = decode_image(cutout.pixels, m.input_size)
+        flags = [] if centre_has_source(pixels) else ["no_source_at_centre"]
+        return await self._predict_and_store(pixels, flags, ra=ra, dec=dec)
+
+    async def cutout(self, ra: float, dec: float) -> FetchedCutout:
+        """The model's SkyServer cutout at (ra, dec): from the cache, else fetched and kept.
+
+        Blank (off-footprint) cutouts are kept too; the caller decides what to do with them.
+        SkyServer failures are ``ApiError`` 502 or 504.
+        """
+        m = self.model
+        row = await self.db.run(cache.get_cutout, ra, dec, m.fetch_scale, m.fetch_size)
+        if row is not None:
+            pixels = None if row.blank else await to_thread.run_sync(decode_image, row.jpeg)
+            return FetchedCutout(row.jpeg, pixels, row.blank)
+        fetched = await self.fetch_cutout(ra, dec)
+        await self.db.run(
+            cache.store_cutout, ra, dec, m.fetch_scale, m.fetch_size, fetched.jpeg, fetched.blank
+        )
+        return fetched
+
+    async def cutout_jpeg(self, ra: float, dec: float) -> bytes:
+        """The JPEG the model sees at (ra, dec); a blank one is a 422."""
+        cutout = await self.cutout(ra, dec)
+        if cutout.blank:
+            raise blank_cutout_error(ra, dec)
+        return cutout.jpeg
+
+    async def fetch_cutout(self, ra: float, dec: float) -> FetchedCutout:
+        """The model's cutout from SkyServer (not the cache); failures are ``ApiError``."""
+        m = self.model
+        try:
+            got = await self.skyserver.cutout(
+                ra, dec, scale=m.fetch_scale, width=m.fetch_size, height=m.fetch_size
+            )
+        except SkyServerError as exc:
+            raise skyserver_error(exc) from None
+        blank = await to_thread.run_sync(lambda: got.blank)
+        return FetchedCutout(got.jpeg, None if blank else got.pixels, blank)
+
+    # ------------------------------------------------------------------ uploads
+    async def predict_upload(self, data: bytes) -> PredictionOut:
+        """Check and decode an upload once, then cached by SHA-256 or predicted."""
+        m = self.model
+        try:
+            image = await to_thread.run_sync(check_upload, data, m.input_size, m.trained_size)
+        except BadImage as exc:
+            raise ApiError(exc.status, str(exc)) from None
+        row = await self.db.run(cache.find_image, image.sha256, m.version, m.tta)
+        if row is not None:
+            return self.output(row, cached=True)
+        if image.blank:
+            raise ApiError(422, "the image is blank (near-black): nothing to measure", ["blank"])
+        flags = list(image.flags)
+        if not centre_has_source(image.pixels):
+            flags.append("no_source_at_centre")
+        return await self._predict_and_store(image.pixels, flags, image_sha256=image.sha256)
+
+    # ------------------------------------------------------------------ the model
+    async def predict_images(self, images: list[np.ndarray], tta: int) -> list[dict]:
+        """Prediction records for decoded images, through the micro-batching engine."""
+        return await self.engine.predict(images, tta)
+
+    async def _predict_and_store(self, pixels: np.ndarray, flags: list[str], **key):
+        """Run the model on one image and upsert the result under ``key`` (position or image
+        hash)."""
+        m = self.model
+        record = (await self.predict_images([pixels], m.tta))[0]
+        row = await self.db.run(
+            cache.store_prediction, model_version=m.version, tta=m.tta, flags=flags, **record, **key
+        )
+        return self.output(row, cached=False)
+
+    def output(self, row, cached: bool) -> PredictionOut:
+        """The API's prediction from a cached row."""
+        m = self.model
+        return PredictionOut(
+            **public_fields(row.outputs, row.sigma, row.tta_spread),
+            tta=row.tta,
+            model_version=m.version,
+            model_name=m.name,
+            demo=m.demo,
+            notice=m.notice,
+            cached=cached,
+            flags=list(row.flags),
+            source="coordinates" if row.kind == "sky" else "image",
+            ra=row.ra,
+            dec=row.dec,
+            image_sha256=row.image_sha256,
+        )

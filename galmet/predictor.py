@@ -1,0 +1,200 @@
+"""Prediction from a checkpoint: D4 test-time augmentation, ensembles, calibrated sigma.
+
+``Predictor`` is what training's evaluation, ``galmet predict``, the service and the worker
+all run. ``predict_arrays`` turns decoded images into prediction records (the raw form the
+cache stores; ``galmet.record`` maps them to the fields users see), and ``fetch_geometry``
+says which SkyServer cutout a model needs, so that it sees what it saw in training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from galmet.d4 import check_tta, tta_views
+from galmet.errors import GalmetError
+from galmet.model import Checkpoint
+from galmet.preprocess import decode_batch, normalise
+from galmet.skyserver import DEFAULT_SCALE, DEFAULT_SIZE, MAX_SIZE, MIN_SIZE
+
+#: TTA copies on the CPU when none is configured: 4. Measured on this project's 2-core
+#: CPU (bench/infer_throughput.py, JPEG bytes to predictions, batches of 64, one torch
+#: thread on a CPU shared with other jobs), images/s at TTA 1 / 2 / 4 / 8:
+#:   32 px (the demo model's input): 498 / 263 / 153 / 83   (two threads: 986 / - / 331 / 166)
+#:   128 px (a full-size model):       37 /  16 / 7.6 / 3.6
+#: What the copies buy, demo model (3000 mock galaxies, 32 px), test RMSE of oh_p50 on 1000
+#: held-out galaxies (std 0.133 dex): 0.0936 / 0.0885 / 0.0861 / 0.0860; other demo
+#: trainings agreed (TTA 4 gains 1-8 %, TTA 8 under 1 % more). So 4: nearly all the gain at
+#: half the cost of 8, and the demo still runs 150+ images/s on one busy core, far above the
+#: 10 cutouts/s the service fetches from SkyServer. A full-size model on a CPU does ~8
+#: images/s per core at TTA 4: set GALMET_TTA=1 or 2 there if throughput matters more.
+TTA_CPU = 4
+#: TTA copies on a GPU when none is configured: all eight, as in the paper (≈6 ms/image on
+#: a P100).
+TTA_GPU = 8
+
+
+def default_tta(device: str | torch.device, configured: int | None = None) -> int:
+    """TTA copies to use: ``configured`` if given, else ``TTA_GPU`` on CUDA, ``TTA_CPU`` on a
+    CPU."""
+    if configured is not None:
+        return check_tta(configured)
+    return TTA_GPU if torch.device(device).type == "cuda" else TTA_CPU
+
+
+# ------------------------------------------------------------------------------ geometry
+def training_geometry(ck: Checkpoint, scale: float | None = None) -> tuple[int, float]:
+    """(pixels, arcsec per pixel) of the images the model was trained on, before resizing.
+
+    The scale is ``scale`` if given, else the checkpoint config's ``pixel_scale`` (or
+    ``scale``), else the design's 0.296″/px. The size is the config's ``image_size`` if
+    recorded; else the model's input size when training kept the images' size (no
+    ``--size``); else the design's 128 px, which ``--size`` then resized.
+    """
+    cfg = ck.config or {}
+    if scale is None:
+        scale = cfg.get("pixel_scale") or cfg.get("scale") or DEFAULT_SCALE
+    if not scale > 0:
+        raise GalmetError("--scale must be positive (arcsec per pixel)")
+    size = cfg.get("image_size") or (DEFAULT_SIZE if cfg.get("size") else ck.input_size)
+    return int(size), float(scale)
+
+
+def fetch_geometry(ck: Checkpoint, scale: float | None = None) -> tuple[int, float]:
+    """(pixels, arcsec per pixel) of the SkyServer cutout to fetch for the model.
+
+    The model must see what it saw in training: the field of view and pixel scale of the
+    training images, and the one resizing step of training (``decode_image``, bilinear) to
+    the model's input size. For a model trained on 128 px cutouts at 0.296″/px resized to
+    64 px, that means fetching 128 px at 0.296″/px and resizing here, not asking SkyServer
+    for 64 px at 0.592″/px (SkyServer's own resampling and JPEG coding of a coarser image
+    are not the pixels the model learned from). A size outside SkyServer's 64…2048 px is
+    fetched at the nearest allowed size over the same field (the scale changes accordingly).
+    """
+    size, scale = training_geometry(ck, scale)
+    fetch = min(max(size, MIN_SIZE), MAX_SIZE)
+    return fetch, scale * size / fetch
+
+
+@dataclass
+class Prediction:
+    """Per-galaxy predictions in physical units, arrays of shape (N, T)."""
+
+    outputs: list[str]
+    mean: np.ndarray
+    sigma: np.ndarray  # calibrated: model sigma and TTA/ensemble spread combined
+    spread: np.ndarray  # standard deviation over the TTA copies (and ensemble members)
+
+
+class Predictor:
+    """A loaded checkpoint that turns images into predictions, with D4 test-time augmentation.
+
+    The prediction is the mean over the ``tta`` transformed copies (and over ensemble
+    members); sigma² = mean of the model's sigma² + the spread², times ``sigma_scale``².
+    """
+
+    def __init__(self, checkpoint: Checkpoint, device: str | torch.device = "cpu") -> None:
+        self.checkpoint = checkpoint
+        self.device = torch.device(device)
+        self.nets = checkpoint.models(self.device)
+        if self.device.type == "cuda":
+            self.nets = [n.to(memory_format=torch.channels_last) for n in self.nets]
+        self._mean = np.asarray(checkpoint.target_mean)
+        self._std = np.asarray(checkpoint.target_std)
+
+    @classmethod
+    def from_file(cls, path: Path, device: str | torch.device = "cpu") -> Predictor:
+        return cls(Checkpoint.load(path), device)
+
+    @property
+    def input_size(self) -> int:
+        return self.checkpoint.input_size
+
+    @torch.inference_mode()
+    def predict_images(
+        self, images: torch.Tensor, tta: int = 1, batch_size: int = 256
+    ) -> Prediction:
+        """Predictions for a uint8 batch (N, 3, H, W) or (N, H, W, 3)."""
+        ck = self.checkpoint
+        means, sigmas, spreads = [], [], []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size].to(self.device, non_blocking=True)
+            x = normalise(chunk, ck.bands, ck.input_mean, ck.input_std)
+            views = tta_views(x, tta)
+            if self.device.type == "cuda":
+                views = views.contiguous(memory_format=torch.channels_last)
+            mu_all, var_all = [], []
+            for net in self.nets:
+                with torch.autocast(self.device.type, torch.bfloat16, enabled=self._bf16()):
+                    mu, log_sigma = net(views)
+                mu_all.append(mu.float().view(tta, len(chunk), -1))
+                var_all.append(torch.exp(2 * log_sigma.float()).view(tta, len(chunk), -1))
+            mu = torch.cat(mu_all)
+            spread = mu.std(dim=0, unbiased=False)
+            var = torch.cat(var_all).mean(dim=0) + spread**2
+            means.append(mu.mean(dim=0).cpu())
+            sigmas.append((var.sqrt() * self.sigma_scale(tta)).cpu())
+            spreads.append(spread.cpu())
+        mean = torch.cat(means).numpy() * self._std + self._mean
+        sigma = torch.cat(sigmas).numpy() * self._std
+        spread = torch.cat(spreads).numpy() * self._std
+        return Prediction(list(ck.outputs), mean, sigma, spread)
+
+    def predict_bytes(self, images: Sequence[bytes], tta: int = 1) -> Prediction:
+        """Predictions for encoded images (JPEG/PNG), each resized to the model's input.
+
+        On a GPU the JPEGs are decoded there in one batch (``decode_batch``); on the CPU
+        each goes through ``decode_image``, as in training.
+        """
+        return self.predict_images(decode_batch(images, self.input_size, self.device), tta)
+
+    def predict_arrays(self, images: list[np.ndarray], tta: int) -> list[dict]:
+        """Prediction records for decoded RGB uint8 images (size, size, 3), in order.
+
+        A record is ``{"outputs": {name: value}, "sigma": {…}, "tta_spread": {…}}`` in
+        physical units (dex), keyed by the checkpoint's output names; ``galmet.record``
+        turns it into the public fields.
+        """
+        check_tta(tta)
+        if not images:
+            return []
+        check_images(images, self.input_size)
+        batch = torch.from_numpy(np.stack(images))
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()  # lets the copy to the GPU overlap
+        pred = self.predict_images(batch, tta)
+        names = pred.outputs
+        return [
+            {
+                "outputs": {n: float(pred.mean[i, j]) for j, n in enumerate(names)},
+                "sigma": {n: float(pred.sigma[i, j]) for j, n in enumerate(names)},
+                "tta_spread": {n: float(pred.spread[i, j]) for j, n in enumerate(names)},
+            }
+            for i in range(len(images))
+        ]
+
+    def sigma_scale(self, tta: int) -> float:
+        """Calibration factor of sigma at this TTA level (nearest calibrated level; 1 if none)."""
+        scales = self.checkpoint.sigma_scale
+        if not scales:
+            return 1.0
+        return scales[min(scales, key=lambda level: abs(level - tta))]
+
+    def _bf16(self) -> bool:
+        return self.device.type == "cuda"
+
+
+def check_images(images: list[np.ndarray], size: int) -> None:
+    """Raise ``ValueError`` unless every image is a decoded (size, size, 3) uint8 array."""
+    for i, image in enumerate(images):
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+            raise ValueError(f"image {i} is not a uint8 array (decode it with decode_image)")
+        if image.shape != (size, size, 3):
+            raise ValueError(
+                f"image {i} has shape {image.shape}, the model needs ({size}, {size}, 3): "
+                "decode it with decode_image(data, predictor.input_size)"
+            )

@@ -1,0 +1,45 @@
+"""The prediction record: from model outputs to the fields users see, written once.
+
+A model's raw record (``Predictor.predict_arrays``; what the cache stores) is keyed by the
+checkpoint's output names (catalog columns: ``oh_p50``, ``lgm_tot_p50``). Users see the
+design's fields: ``oh_p50`` with ``oh_sigma`` and ``oh_p16``/``oh_p84`` (∓ sigma),
+``log_mstar`` with ``log_mstar_sigma``, and the TTA spread of each value. The API, batch
+jobs, ``galmet predict`` and every export take them from ``public_fields``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+#: Checkpoint output name -> (value field, sigma field) of a prediction.
+FIELDS = {"oh_p50": ("oh_p50", "oh_sigma"), "lgm_tot_p50": ("log_mstar", "log_mstar_sigma")}
+#: The value fields every prediction has (None where the model does not predict it).
+VALUE_FIELDS = ("oh_p50", "oh_sigma", "oh_p16", "oh_p84", "log_mstar", "log_mstar_sigma")
+
+
+def field_names(output: str) -> tuple[str, str]:
+    """(value field, sigma field) of a checkpoint output; other outputs keep their name."""
+    return FIELDS.get(output, (output, f"{output}_sigma"))
+
+
+def public_fields(
+    outputs: Mapping[str, float],
+    sigma: Mapping[str, float],
+    tta_spread: Mapping[str, float] | None = None,
+) -> dict:
+    """The design's fields of one prediction: every ``VALUE_FIELDS`` entry (None where the
+    model has no such output), the fields of any other output, and ``tta_spread`` keyed by
+    value field."""
+    values: dict = dict.fromkeys(VALUE_FIELDS)
+    spread: dict[str, float] = {}
+    for name, value in outputs.items():
+        value_field, sigma_field = field_names(name)
+        values[value_field] = float(value)
+        values[sigma_field] = float(sigma[name])
+        if tta_spread is not None and name in tta_spread:
+            spread[value_field] = float(tta_spread[name])
+    oh, oh_sigma = values["oh_p50"], values["oh_sigma"]
+    if oh is not None:
+        values["oh_p16"], values["oh_p84"] = oh - oh_sigma, oh + oh_sigma
+    values["tta_spread"] = spread
+    return values
