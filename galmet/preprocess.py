@@ -76,6 +76,10 @@ def _decode_batch_cuda(data: Sequence[bytes], size: int, device: torch.device) -
     decoded: list[torch.Tensor] = []
     if on_gpu:
         encoded = [torch.frombuffer(bytearray(data[i]), dtype=torch.uint8) for i in on_gpu]
+        # nvJPEG decodes on a stream of its own into memory allocated on the caller's: finish
+        # the caller's queued work first (torchvision's batched decode raced on H100; free
+        # when the stream is idle).
+        torch.cuda.current_stream(device).synchronize()
         try:
             decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
         except RuntimeError:

@@ -91,3 +91,17 @@ def database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
     finally:
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def cuda_gpu() -> None:
+    """For CUDA-only tests: skip without a GPU, or fail when ``GALMET_REQUIRE_CUDA=1`` (set it
+    on a GPU machine, so that a driver torch cannot use fails the run instead of skipping)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    reason = f"needs a CUDA GPU (torch {torch.__version__}, CUDA {torch.version.cuda})"
+    if os.environ.get("GALMET_REQUIRE_CUDA") == "1":
+        pytest.fail(f"GALMET_REQUIRE_CUDA=1 but CUDA is not available: {reason}")
+    pytest.skip(reason)

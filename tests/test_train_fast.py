@@ -35,7 +35,8 @@ from galmet.training.train import (
 )
 from tests.helpers import tiny_checkpoint
 
-cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+# Skips without a GPU; fails instead under GALMET_REQUIRE_CUDA=1 (tests/conftest.py).
+cuda_only = pytest.mark.usefixtures("cuda_gpu")
 
 
 @pytest.fixture(scope="module")

@@ -109,23 +109,34 @@ def read_catalog(data_dir: Path) -> Table:
 def load_images(
     paths: list[Path], size: int | None = None, workers: int | None = None, progress: bool = True
 ) -> torch.Tensor:
-    """Decode image files in parallel into one uint8 tensor (N, 3, H, W)."""
+    """Decode image files in parallel into one uint8 tensor (N, 3, H, W).
+
+    Each image is decoded straight into its place in one preallocated array, so the peak is
+    the final size plus a few images in flight (not a list, a stacked copy and a permuted
+    copy: three times a dataset that may be gigabytes). Images must all have one size, or
+    ``size`` resizes them.
+    """
     if not paths:
         raise GalmetError("no images to load")
+    first = decode_image(paths[0].read_bytes(), size)
+    height, width, _ = first.shape
+    out = np.empty((len(paths), 3, height, width), dtype=np.uint8)
 
-    def read(path: Path) -> np.ndarray:
-        return decode_image(path.read_bytes(), size)
+    def read(i: int) -> None:
+        image = first if i == 0 else decode_image(paths[i].read_bytes(), size)
+        if image.shape != first.shape:
+            raise GalmetError(
+                f"images differ in size ({paths[0].name} is {first.shape[1]}x{first.shape[0]}, "
+                f"{paths[i].name} {image.shape[1]}x{image.shape[0]}): pass a size to resize them"
+            )
+        out[i] = image.transpose(2, 0, 1)
 
     workers = workers or min(16, (os.cpu_count() or 1) * 2)
     with ThreadPoolExecutor(workers) as pool:
-        decoded = pool.map(read, paths)
-        arrays = list(
-            tqdm(decoded, total=len(paths), desc="decoding", unit="img", disable=not progress)
-        )
-    shapes = {a.shape for a in arrays}
-    if len(shapes) != 1:
-        raise GalmetError(f"images differ in size {sorted(shapes)}: pass a size to resize them")
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        done = pool.map(read, range(len(paths)))
+        for _ in tqdm(done, total=len(paths), desc="decoding", unit="img", disable=not progress):
+            pass
+    return torch.from_numpy(out)
 
 
 def select_rows(

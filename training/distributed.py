@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from galmet.errors import GalmetError
+
 # Rank 0 alone calibrates sigma and measures the test split after training while the others
 # wait at the final barrier; the default timeout could end a long run there.
 TIMEOUT = timedelta(hours=2)
@@ -60,6 +62,7 @@ def init(info: DistInfo, device: torch.device) -> torch.device:
     if not info.enabled:
         return device
     if device.type == "cuda":
+        check_gpu_count(info, torch.cuda.device_count())
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
@@ -71,6 +74,19 @@ def init(info: DistInfo, device: torch.device) -> torch.device:
             device_id=device if device.type == "cuda" else None,
         )
     return device
+
+
+def check_gpu_count(info: DistInfo, gpus: int) -> None:
+    """Refuse, in one line, more processes on this machine than it has GPUs (each process
+    takes GPU ``LOCAL_RANK``; beyond the last one CUDA fails deep inside with "invalid device
+    ordinal")."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", info.local_rank + 1))
+    if max(local, info.local_rank + 1) > gpus:
+        raise GalmetError(
+            f"torchrun started {max(local, info.local_rank + 1)} processes on this machine but "
+            f"it has {gpus} CUDA GPU{'s' if gpus != 1 else ''}: use --nproc_per_node {gpus} "
+            "or fewer (one process per GPU)"
+        )
 
 
 def shutdown(info: DistInfo) -> None:

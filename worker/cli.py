@@ -65,14 +65,30 @@ def main(args: argparse.Namespace) -> int:
 def preflight(settings) -> None:
     """Fail at once, in one line, where every chunk would fail later: no GPU where one was
     asked for, a checkpoint that does not load. The demo model (no GALMET_MODEL) is built here,
-    once, before the pool processes start."""
-    from galmet.app.demo import demo_checkpoint
-    from galmet.device import pick_device
+    once, before the pool processes start.
+
+    This process forks the pool afterwards, so it must never initialise CUDA (a forked child
+    of a process that asked ``torch.cuda`` anything cannot use the GPU): the device check and
+    the demo build run in spawned processes (``galmet.device``).
+    """
+    from galmet.device import check_device_elsewhere
     from galmet.model import Checkpoint
 
-    pick_device(settings.device)
-    path = settings.model or demo_checkpoint(settings)
+    check_device_elsewhere(settings.device)
+    path = settings.model or _demo_elsewhere(settings)
     try:
-        Checkpoint.load(path)
+        Checkpoint.load(path)  # onto the CPU: no CUDA here
     except Exception as exc:  # whatever is wrong with the file, the worker cannot run
         raise GalmetError(f"cannot load the model {path}: {exc}".splitlines()[0]) from None
+
+
+def _demo_elsewhere(settings):
+    """``demo_checkpoint(settings)`` in a spawned process (it may train on the GPU)."""
+    import multiprocessing
+
+    from galmet.app.demo import demo_checkpoint, demo_path
+
+    if demo_path(settings).exists():
+        return demo_path(settings)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(demo_checkpoint, (settings,))

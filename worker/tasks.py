@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 
+import torch
 from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -39,17 +40,27 @@ def runtime() -> tuple[asyncio.AbstractEventLoop, Runtime]:
     if _runtime is None:
         if _settings is None:
             raise RuntimeError("galmet.worker.tasks.make_worker_app was not called")
+        # A pool process forked from a parent that had touched CUDA cannot use the GPU
+        # (torch's "bad fork"); the parent is written never to (galmet.worker.cli.preflight).
+        bad_fork = torch.cuda._is_in_bad_fork()
+        if bad_fork:
+            log.error(
+                "worker process %d was forked after its parent initialised CUDA: it cannot "
+                "use the GPU (a bug: the parent must not touch torch.cuda before the fork)",
+                os.getpid(),
+            )
         loop = asyncio.new_event_loop()
         started = loop.run_until_complete(Runtime.start(_settings, role="worker"))
         _runtime = (loop, started)
         m = started.model
         log.info(
-            "worker process %d ready: model %s (%s) on %s, TTA %d by default",
+            "worker process %d ready: model %s (%s) on %s, TTA %d by default, cuda_bad_fork=%s",
             os.getpid(),
             m.name,
             m.version[:12],
             m.device,
             m.tta,
+            bad_fork,
         )
     return _runtime
 
