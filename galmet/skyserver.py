@@ -28,7 +28,7 @@ import numpy as np
 from aiolimiter import AsyncLimiter
 from tenacity import (
     AsyncRetrying,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     wait_random_exponential,
 )
@@ -55,8 +55,10 @@ DEFAULT_CONCURRENCY = 8
 DEFAULT_RATE = 10.0
 DEFAULT_RETRIES = 4
 DEFAULT_TIMEOUT = 30.0
-#: SQL searches run server-side for minutes; SkyServer has its own time limit.
-DEFAULT_SQL_TIMEOUT = 600.0
+#: SkyServer stops a SQL query after 600 s and says so; the client waits a little longer, so
+#: that it hears the server's own answer rather than timing out first.
+SERVER_SQL_LIMIT = 600.0
+DEFAULT_SQL_TIMEOUT = SERVER_SQL_LIMIT + 60.0
 
 #: getjpeg only serves sizes in this range (pixels).
 MIN_SIZE, MAX_SIZE = 64, 2048
@@ -76,6 +78,11 @@ class SkyServerUpstreamError(SkyServerError):
 
 class SkyServerTimeout(SkyServerError):
     """SkyServer did not answer in time (HTTP 504)."""
+
+
+class SkyServerQueryError(SkyServerUpstreamError):
+    """SkyServer refused a SQL query and said why (its ``error_message`` answer, or a JSON
+    ``ErrorMessage``): the same query would fail again, so it is not retried."""
 
 
 class _Retryable(Exception):
@@ -113,6 +120,12 @@ def parse_sql_csv(text: str) -> Table:
 
     if not rest.strip():
         return Table()
+    header = rest.partition("\n")[0].strip().strip('"').lower()
+    if header == "error_message":
+        # SkyServer refuses some queries (TOP above its row limit, …) with a normal CSV whose
+        # one column is the reason.
+        message = one_line(rest.partition("\n")[2].strip().strip('"')) or "no reason given"
+        raise SkyServerQueryError(f"SkyServer refused the SQL query: {message}", message)
     try:
         return Table.read(rest, format="ascii.csv")
     except Exception as exc:  # astropy raises several types for malformed CSV
@@ -127,11 +140,13 @@ class Cutout:
 
     jpeg: bytes
     pixels: np.ndarray  # RGB uint8 (height, width, 3)
+    #: SkyServer answered 404 with a JPEG (the error drawn on an image): outside the imaging.
+    off_footprint: bool = False
 
     @property
     def blank(self) -> bool:
-        """SkyServer's empty (near-black) image: off the imaging footprint."""
-        return is_blank(self.pixels)
+        """No imaging here: SkyServer's 404 image, or its older empty (near-black) one."""
+        return self.off_footprint or is_blank(self.pixels)
 
 
 class SkyServerClient:
@@ -203,8 +218,9 @@ class SkyServerClient:
         """The ``getjpeg`` cutout centred on (ra, dec) in degrees: complete JPEG bytes and
         their pixels (decoded once, here, to check the body).
 
-        Off the imaging footprint SkyServer still answers with a (near-black) JPEG: see
-        ``Cutout.blank``.
+        Off the imaging footprint SkyServer answers HTTP 404 with a JPEG body (the error drawn
+        on an image; older versions a near-black 200): both are a ``Cutout`` whose ``blank``
+        is true, not an error. A 404 whose body is not a JPEG is an error.
         """
         check_position(ra, dec)
         if not (MIN_SIZE <= width <= MAX_SIZE and MIN_SIZE <= height <= MAX_SIZE):
@@ -213,7 +229,15 @@ class SkyServerClient:
             raise ValueError("scale must be positive")
         decoded: list[np.ndarray] = []
 
+        what = f"cutout at {ra} {dec}"
+
         def check(response: httpx.Response) -> None:
+            if response.status_code == 404:
+                try:  # the off-footprint image: any size, SkyServer draws its message on it
+                    decoded.append(decode_jpeg(response.content))
+                except ValueError:
+                    raise _http_error(response, what) from None
+                return
             try:
                 decoded.append(decode_jpeg(response.content, (width, height)))
             except ValueError as exc:
@@ -221,15 +245,17 @@ class SkyServerClient:
 
         params = {"ra": ra, "dec": dec, "scale": scale, "width": width, "height": height}
         response = await self._get(
-            "SkyServerWS/ImgCutout/getjpeg", params, what=f"cutout at {ra} {dec}", check=check
+            "SkyServerWS/ImgCutout/getjpeg", params, what=what, check=check, accept={404}
         )
-        return Cutout(response.content, decoded[-1])
+        return Cutout(response.content, decoded[-1], off_footprint=response.status_code == 404)
 
     async def sql(self, query: str) -> Table:
         """Run a SQL query (T-SQL dialect, at most 500,000 rows) and return the rows.
 
-        A query SkyServer rejects (an HTTP error with its JSON ``ErrorMessage``) is not
-        retried: the same query would fail again.
+        A query SkyServer rejects (its ``error_message`` CSV, or an HTTP error with its JSON
+        ``ErrorMessage``) raises ``SkyServerQueryError`` with the server's reason and is not
+        retried: the same query would fail again. Nor is one that timed out: SkyServer stops
+        queries at ``SERVER_SQL_LIMIT`` and would only run it to the limit again.
         """
         params = {"cmd": query, "format": "csv"}
         response = await self._get(
@@ -238,6 +264,7 @@ class SkyServerClient:
             what="SQL search",
             timeout=self.sql_timeout,
             retry_reported=False,
+            retry_timeouts=False,
         )
         return parse_sql_csv(response.text)
 
@@ -250,11 +277,15 @@ class SkyServerClient:
         timeout: float | None = None,
         check: Callable[[httpx.Response], None] | None = None,
         retry_reported: bool = True,
+        retry_timeouts: bool = True,
+        accept: set[int] = frozenset(),
     ) -> httpx.Response:
         """GET with the concurrency limit, the rate limit and retries (see the module).
 
-        ``check`` may raise ``_Retryable`` for a body that is not right; with
-        ``retry_reported`` false, errors SkyServer explains in JSON are final.
+        ``check`` may raise ``_Retryable`` for a body that is not right; statuses in
+        ``accept`` go to ``check`` instead of being errors. With ``retry_reported`` false,
+        errors SkyServer explains in JSON are final; with ``retry_timeouts`` false, so is a
+        timeout.
         """
         timeout = timeout or self.timeout
         attempts = self.retries + 1
@@ -262,14 +293,23 @@ class SkyServerClient:
             stop=stop_after_attempt(attempts),
             # Full jitter, so that parallel tasks do not retry in step.
             wait=wait_random_exponential(multiplier=self.backoff, max=self.max_backoff),
-            retry=retry_if_exception_type(_Retryable),
+            retry=retry_if_exception(
+                lambda e: (
+                    isinstance(e, _Retryable)
+                    and (retry_timeouts or not isinstance(e.error, SkyServerTimeout))
+                )
+            ),
             reraise=True,
         )
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._attempt(path, params, what, timeout, check, retry_reported)
+                    return await self._attempt(
+                        path, params, what, timeout, check, retry_reported, accept
+                    )
         except _Retryable as exc:
+            if not retry_timeouts and isinstance(exc.error, SkyServerTimeout):
+                raise exc.error from None
             error = exc.error
             if attempts > 1:
                 error.reason = f"{error.reason} ({attempts} attempts)"
@@ -285,6 +325,7 @@ class SkyServerClient:
         timeout: float,
         check: Callable[[httpx.Response], None] | None,
         retry_reported: bool,
+        accept: set[int] = frozenset(),
     ) -> httpx.Response:
         """One request: the response, ``_Retryable`` for a failure that may pass, or a final
         ``SkyServerError``."""
@@ -308,9 +349,9 @@ class SkyServerClient:
         status = response.status_code
         if status >= 500 or status == 429:
             if not retry_reported and _is_reported_error(response):
-                raise _http_error(response, what)
+                raise _reported_error(response, what)
             raise _Retryable(_http_error(response, what))
-        if status >= 400:
+        if status >= 400 and status not in accept:
             raise _http_error(response, what)
         if check is not None:
             check(response)
@@ -331,3 +372,9 @@ def _http_error(response: httpx.Response, what: str) -> SkyServerUpstreamError:
     detail = server_message(response.text) if response.content else ""
     message = f"SkyServer {what}: {reason}" + (f": {detail}" if detail else "")
     return SkyServerUpstreamError(message, reason)
+
+
+def _reported_error(response: httpx.Response, what: str) -> SkyServerQueryError:
+    """A SQL error SkyServer explained (HTTP 500 with a JSON ``ErrorMessage``)."""
+    message = server_message(response.text)
+    return SkyServerQueryError(f"SkyServer {what}: HTTP {response.status_code}: {message}", message)
