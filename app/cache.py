@@ -21,13 +21,14 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
 
-from galmet.app.models import Base, Cutout, Prediction
+from galmet.app.models import Base, Cutout, Identification, Prediction
 from galmet.d4 import TTA_LEVELS
+from galmet.objects import SdssObject
 from galmet.sky import check_position, separation_arcsec
 
 MATCH_ARCSEC = 0.5  # a request this close to a cached position is a hit
@@ -35,7 +36,7 @@ CELL_DEG = 1e-4  # key grid: cells about 0.36″ on a side
 _ROWS = round(180 / CELL_DEG)  # Dec rows of the key grid
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
-Row = TypeVar("Row", Prediction, Cutout)
+Row = TypeVar("Row", Prediction, Cutout, Identification)
 
 
 def sky_key(ra: float, dec: float) -> str:
@@ -179,6 +180,65 @@ def store_cutouts(
     unique = ("sky_key", "scale", "size")
     _insert_once(session, Cutout, values, unique)
     return _rows_by_key(session, Cutout, values, unique)
+
+
+def find_identifications(
+    session: Session, positions: Sequence[tuple[float, float]], radius_arcsec: float
+) -> list[SdssObject | None | Literal[False]]:
+    """For each position, the SDSS object identified there before (within ``MATCH_ARCSEC``,
+    same search radius): the object, None when there was none, or False when the position was
+    never looked up."""
+    out: list[SdssObject | None | Literal[False]] = []
+    for ra, dec in positions:
+        rows = session.scalars(
+            select(Identification).where(
+                Identification.radius_arcsec == radius_arcsec, *_box(Identification, ra, dec)
+            )
+        ).all()
+        row = _nearest(rows, ra, dec)
+        out.append(False if row is None else _object_of(row, ra, dec))
+    return out
+
+
+def store_identifications(
+    session: Session,
+    items: Sequence[tuple[float, float, SdssObject | None]],
+    radius_arcsec: float,
+) -> None:
+    """Keep what SkyServer said about each (ra, dec): its object, or None for nothing there.
+    Idempotent like the other stores; commits."""
+    values = [
+        {
+            "sky_key": sky_key(ra, dec),
+            "ra": ra,
+            "dec": dec,
+            "radius_arcsec": radius_arcsec,
+            "obj_id": None if obj is None else obj.objID,
+            "obj_type": None if obj is None else obj.type,
+            "obj_ra": None if obj is None else obj.ra,
+            "obj_dec": None if obj is None else obj.dec,
+            "separation_arcsec": None if obj is None else obj.separation_arcsec,
+            "petro_r90_r": None if obj is None else obj.petroR90_r,
+            "petro_mag_r": None if obj is None else obj.petroMag_r,
+        }
+        for ra, dec, obj in items
+    ]
+    _insert_once(session, Identification, values, ("sky_key", "radius_arcsec"))
+
+
+def _object_of(row: Identification, ra: float, dec: float) -> SdssObject | None:
+    if row.obj_id is None:
+        return None
+    return SdssObject(
+        objID=row.obj_id,
+        type=row.obj_type,
+        ra=row.obj_ra,
+        dec=row.obj_dec,
+        # from the position asked now, which may differ from the stored one by < 0.5″
+        separation_arcsec=separation_arcsec(ra, dec, row.obj_ra, row.obj_dec),
+        petroR90_r=row.petro_r90_r,
+        petroMag_r=row.petro_mag_r,
+    )
 
 
 def _rows_by_key(

@@ -23,6 +23,17 @@ def blank_cutout_error(ra: float, dec: float) -> ApiError:
     )
 
 
+def no_galaxy_error(ra: float, dec: float) -> ApiError:
+    """The 422 where there is nothing to measure: no source in the cutout's centre and no
+    SDSS object at the position."""
+    return ApiError(
+        422,
+        f"no galaxy at this position (RA {ra:.5f}, Dec {dec:.5f}): no source at the centre of "
+        "the SDSS cutout and no SDSS object within the match radius",
+        ["no_galaxy", "no_object", "no_source_at_centre"],
+    )
+
+
 def skyserver_error(exc: SkyServerError) -> ApiError:
     """A SkyServer failure as the API reports it: 504 for a timeout, else 502."""
     if isinstance(exc, SkyServerTimeout):

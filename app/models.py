@@ -111,6 +111,32 @@ class Cutout(Base):
         return f"<Cutout {self.id} {self.sky_key} scale={self.scale} size={self.size}>"
 
 
+class Identification(Base):
+    """Which SDSS object a position asked for is (``galmet.objects``), so that a repeated
+    position never asks SkyServer again. ``obj_id`` is None when nothing is within
+    ``radius_arcsec``; a look-up that failed is not stored."""
+
+    __tablename__ = "identifications"
+    __table_args__ = (
+        UniqueConstraint("sky_key", "radius_arcsec"),
+        Index("ix_identifications_position", "radius_arcsec", "dec"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    sky_key: Mapped[str] = mapped_column(String(40))
+    ra: Mapped[float] = mapped_column(Float)  # the position asked for
+    dec: Mapped[float] = mapped_column(Float)
+    radius_arcsec: Mapped[float] = mapped_column(Float)
+    obj_id: Mapped[int | None] = mapped_column(BigInteger)
+    obj_type: Mapped[int | None] = mapped_column(Integer)
+    obj_ra: Mapped[float | None] = mapped_column(Float)
+    obj_dec: Mapped[float | None] = mapped_column(Float)
+    separation_arcsec: Mapped[float | None] = mapped_column(Float)
+    petro_r90_r: Mapped[float | None] = mapped_column(Float)
+    petro_mag_r: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
 class Job(Base):
     """A batch job: a list of targets, predicted with one model version and TTA level."""
 
@@ -168,6 +194,12 @@ class JobTarget(Base):
     status: Mapped[str] = mapped_column(String(8))
     reason: Mapped[str | None] = mapped_column(Text)
     cached: Mapped[bool | None] = mapped_column(Boolean)  # answered from the cache
+    # The SDSS object at the position (``found``), none there (``none``), or the look-up
+    # failed (``unknown``); None before the chunk ran.
+    object_status: Mapped[str | None] = mapped_column(String(8))
+    obj_id: Mapped[int | None] = mapped_column(BigInteger)
+    obj_type: Mapped[int | None] = mapped_column(Integer)
+    separation_arcsec: Mapped[float | None] = mapped_column(Float)
     prediction_id: Mapped[int | None] = mapped_column(
         ForeignKey("predictions.id", ondelete="SET NULL")
     )

@@ -25,11 +25,12 @@ import numpy as np
 from galmet import sky
 from galmet.d4 import TTA_LEVELS
 from galmet.errors import GalmetError
-from galmet.images import BadImage, check_upload, decode_image
+from galmet.images import BadImage, centre_has_source, check_upload, decode_image
 from galmet.model import Checkpoint, file_sha256
+from galmet.objects import DEFAULT_RADIUS_ARCSEC, nearest_objects, object_flags
 from galmet.predictor import Predictor, fetch_geometry, training_geometry
 from galmet.record import field_names, public_fields
-from galmet.skyserver import DEFAULT_SCALE, DEFAULT_SKYSERVER_URL, SkyServerClient
+from galmet.skyserver import DEFAULT_SCALE, DEFAULT_SKYSERVER_URL, SkyServerClient, SkyServerError
 
 
 @dataclass
@@ -42,6 +43,8 @@ class Source:
     ra: float | None = None
     dec: float | None = None
     flags: list[str] = field(default_factory=list)
+    object: dict | None = None  # the SDSS object the prediction is about (by position)
+    object_error: str | None = None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,6 +62,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="arcsec per pixel of the training cutouts (default: from the model, else "
         f"{DEFAULT_SCALE})",
+    )
+    parser.add_argument(
+        "--match-radius",
+        type=float,
+        default=float(os.environ.get("GALMET_MATCH_RADIUS_ARCSEC", DEFAULT_RADIUS_ARCSEC)),
+        help="centre on the SDSS object within this many arcsec of --ra/--dec, as the service "
+        "does (default: $GALMET_MATCH_RADIUS_ARCSEC, else "
+        f"{DEFAULT_RADIUS_ARCSEC:g}; 0: no look-up)",
     )
     parser.add_argument("--tta", type=int, choices=TTA_LEVELS, default=8, help="TTA copies (8)")
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
@@ -83,22 +94,48 @@ def parse_dec(text: str) -> float:
 
 
 # ------------------------------------------------------------------------------ sources
-async def _fetch(url: str, ra: float, dec: float, size: int, scale: float):
+async def _fetch(url: str, ra: float, dec: float, size: int, scale: float, radius: float):
+    """The SDSS object at (ra, dec) (or why it is unknown) and the cutout centred on it."""
     async with SkyServerClient(url) as client:
-        return await client.cutout(ra, dec, scale=scale, width=size, height=size)
+        try:
+            (obj,) = await nearest_objects(client, [(ra, dec)], radius) if radius else (None,)
+            status, reason = ("found" if obj else "none") if radius else ("off", None)
+        except SkyServerError as exc:
+            obj, status, reason = None, "unknown", f"the SDSS object look-up failed: {exc.reason}"
+        centre = (obj.ra, obj.dec) if obj is not None else (ra, dec)
+        cutout = await client.cutout(*centre, scale=scale, width=size, height=size)
+        return obj, status, reason, cutout
 
 
 def fetch_source(
-    url: str, ra: float, dec: float, size: int, scale: float, input_size: int
+    url: str, ra: float, dec: float, size: int, scale: float, input_size: int, radius: float
 ) -> Source:
-    """The SDSS cutout at (ra, dec); refuses a blank (off-footprint) one."""
-    cutout = asyncio.run(_fetch(url, ra, dec, size, scale))
+    """The SDSS cutout for (ra, dec), centred on the SDSS object within ``radius`` arcsec
+    (none: 0) as the service does; refuses a blank (off-footprint) one, and a position with
+    nothing to measure."""
+    try:
+        obj, status, reason, cutout = asyncio.run(_fetch(url, ra, dec, size, scale, radius))
+    except SkyServerError as exc:
+        raise GalmetError(
+            f"{exc} (SkyServer at {url}: set --skyserver or GALMET_SKYSERVER_URL to use another)"
+        ) from None
     if cutout.blank:
         raise GalmetError(
             f"the cutout at RA {ra:.6f}, Dec {dec:+.6f} is blank: the position is off the "
             "SDSS imaging footprint, so there is nothing to predict"
         )
-    return Source(f"{ra:.6f} {dec:+.6f}", decode_image(cutout.pixels, input_size), ra, dec)
+    pixels = decode_image(cutout.pixels, input_size)
+    flags = [] if centre_has_source(pixels) else ["no_source_at_centre"]
+    if flags and status == "none":
+        raise GalmetError(
+            f"no galaxy at RA {ra:.6f}, Dec {dec:+.6f}: no source at the centre of the SDSS "
+            f"cutout and no SDSS object within {radius:g}″"
+        )
+    flags += object_flags(status, None if obj is None else obj.type)
+    source = Source(f"{ra:.6f} {dec:+.6f}", pixels, ra, dec, flags)
+    source.object = None if obj is None else obj.as_dict()
+    source.object_error = reason
+    return source
 
 
 def read_source(path: Path, input_size: int, training_size: int) -> Source:
@@ -123,7 +160,9 @@ def records(sources: list[Source], raw: list[dict], version: str, tta: int) -> l
     for src, r in zip(sources, raw, strict=True):
         rec: dict = {"source": src.name}
         if src.ra is not None:
-            rec |= {"ra": src.ra, "dec": src.dec}
+            rec |= {"ra": src.ra, "dec": src.dec, "object": src.object}
+            if src.object_error:
+                rec["object_error"] = src.object_error
         fields = public_fields(r["outputs"], r["sigma"], r["tta_spread"])
         rec |= {k: v for k, v in fields.items() if v is not None}
         rec |= {"tta": tta, "model_version": version, "flags": src.flags}
@@ -169,7 +208,7 @@ def main(args: argparse.Namespace) -> int:
         ra, dec = parse_ra(args.ra), parse_dec(args.dec)
         url = args.skyserver or os.environ.get("GALMET_SKYSERVER_URL") or DEFAULT_SKYSERVER_URL
         size, scale = fetch_geometry(ck, args.scale)
-        sources = [fetch_source(url, ra, dec, size, scale, ck.input_size)]
+        sources = [fetch_source(url, ra, dec, size, scale, ck.input_size, args.match_radius)]
     else:
         size, _ = training_geometry(ck, args.scale)
         sources = [read_source(path, ck.input_size, size) for path in args.images]

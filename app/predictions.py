@@ -1,9 +1,13 @@
 """Single predictions: by sky position or uploaded image, through the caches.
 
-A prediction by position looks in the result cache first; on a miss it needs the cutout
-(from the cutout cache, else fetched from SkyServer and kept, so a repeated position never
-asks SDSS again), refuses a blank one, runs the model through the micro-batching engine and
-upserts the result. An upload is checked and decoded once (``galmet.images.check_upload``)
+A prediction by position first finds the SDSS object there (``galmet.app.identify``) and
+centres on it; then it looks in the result cache; on a miss it needs the cutout (from the
+cutout cache, else fetched from SkyServer and kept, so a repeated position never asks SDSS
+again), refuses a blank one, runs the model through the micro-batching engine and upserts
+the result. Where there is nothing to measure (no source at the centre of the cutout and no
+SDSS object within the match radius) the answer is a 422 "no galaxy at this position".
+
+An upload is checked and decoded once (``galmet.images.check_upload``)
 and cached by its SHA-256. Every image is decoded once on each path: a fetched cutout by the
 SkyServer client, a cached one here, an upload by the check.
 """
@@ -19,9 +23,10 @@ from anyio import to_thread
 from galmet.app import cache
 from galmet.app.core.config import Settings
 from galmet.app.db import Database
-from galmet.app.errors import ApiError, blank_cutout_error, skyserver_error
+from galmet.app.errors import ApiError, blank_cutout_error, no_galaxy_error, skyserver_error
+from galmet.app.identify import Identifier, Located
 from galmet.app.model_info import LoadedModel
-from galmet.app.schemas import PredictionOut
+from galmet.app.schemas import ObjectOut, PredictionOut
 from galmet.engine import InferenceEngine
 from galmet.images import BadImage, centre_has_source, check_upload, decode_image
 from galmet.record import public_fields
@@ -46,6 +51,7 @@ class Predictions:
     model: LoadedModel
     engine: InferenceEngine
     skyserver: SkyServerClient
+    identifier: Identifier
     _inflight: dict[tuple, asyncio.Task] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ by position
@@ -62,15 +68,20 @@ class Predictions:
 
     async def _predict_coordinates(self, ra: float, dec: float) -> PredictionOut:
         m = self.model
-        row = await self.db.run(cache.find_sky, ra, dec, m.version, m.tta)
-        if row is not None:
-            return self.output(row, cached=True)
-        cutout = await self.cutout(ra, dec)
-        if cutout.blank:
-            raise blank_cutout_error(ra, dec)
-        pixels = decode_image(cutout.pixels, m.input_size)
-        flags = [] if centre_has_source(pixels) else ["no_source_at_centre"]
-        return await self._predict_and_store(pixels, flags, ra=ra, dec=dec)
+        (located,) = await self.identifier.locate([(ra, dec)])
+        cra, cdec = located.centre
+        row = await self.db.run(cache.find_sky, cra, cdec, m.version, m.tta)
+        if row is None:
+            cutout = await self.cutout(cra, cdec)
+            if cutout.blank:
+                raise blank_cutout_error(cra, cdec)
+            pixels = decode_image(cutout.pixels, m.input_size)
+            flags = [] if centre_has_source(pixels) else ["no_source_at_centre"]
+            check_something_there(flags, located)
+            row = await self._predict_and_store(pixels, flags, ra=cra, dec=cdec)
+            return self.output(row, cached=False, located=located)
+        check_something_there(row.flags, located)
+        return self.output(row, cached=True, located=located)
 
     async def cutout(self, ra: float, dec: float) -> FetchedCutout:
         """The model's SkyServer cutout at (ra, dec): from the cache, else fetched and kept.
@@ -90,7 +101,10 @@ class Predictions:
         return fetched
 
     async def cutout_jpeg(self, ra: float, dec: float) -> bytes:
-        """The JPEG the model sees at (ra, dec); a blank one is a 422."""
+        """The JPEG the model sees for (ra, dec) (centred on the SDSS object there, as the
+        prediction is); a blank one is a 422."""
+        (located,) = await self.identifier.locate([(ra, dec)])
+        ra, dec = located.centre
         cutout = await self.cutout(ra, dec)
         if cutout.blank:
             raise blank_cutout_error(ra, dec)
@@ -124,7 +138,8 @@ class Predictions:
         flags = list(image.flags)
         if not centre_has_source(image.pixels):
             flags.append("no_source_at_centre")
-        return await self._predict_and_store(image.pixels, flags, image_sha256=image.sha256)
+        row = await self._predict_and_store(image.pixels, flags, image_sha256=image.sha256)
+        return self.output(row, cached=False)
 
     # ------------------------------------------------------------------ the model
     async def predict_images(self, images: list[np.ndarray], tta: int) -> list[dict]:
@@ -133,17 +148,17 @@ class Predictions:
 
     async def _predict_and_store(self, pixels: np.ndarray, flags: list[str], **key):
         """Run the model on one image and upsert the result under ``key`` (position or image
-        hash)."""
+        hash); returns the cache row."""
         m = self.model
         record = (await self.predict_images([pixels], m.tta))[0]
-        row = await self.db.run(
+        return await self.db.run(
             cache.store_prediction, model_version=m.version, tta=m.tta, flags=flags, **record, **key
         )
-        return self.output(row, cached=False)
 
-    def output(self, row, cached: bool) -> PredictionOut:
-        """The API's prediction from a cached row."""
+    def output(self, row, cached: bool, located: Located | None = None) -> PredictionOut:
+        """The API's prediction from a cached row (and, by position, the object there)."""
         m = self.model
+        flags = list(row.flags) + (located.flags if located is not None else [])
         return PredictionOut(
             **public_fields(row.outputs, row.sigma, row.tta_spread),
             tta=row.tta,
@@ -152,9 +167,30 @@ class Predictions:
             demo=m.demo,
             notice=m.notice,
             cached=cached,
-            flags=list(row.flags),
+            flags=flags,
             source="coordinates" if row.kind == "sky" else "image",
-            ra=row.ra,
-            dec=row.dec,
+            ra=located.ra if located is not None else row.ra,
+            dec=located.dec if located is not None else row.dec,
+            object=None if located is None else object_out(located, self.settings.skyserver_url),
+            object_error=None if located is None else located.reason,
             image_sha256=row.image_sha256,
         )
+
+
+def check_something_there(flags: list[str], located: Located) -> None:
+    """The 422 where there is nothing to measure: no source at the centre of the cutout, and
+    no SDSS object at the position (a star or an unknown object keeps its prediction)."""
+    if "no_source_at_centre" in flags and located.status == "none":
+        raise no_galaxy_error(located.ra, located.dec)
+
+
+def object_out(located: Located, skyserver_url: str) -> ObjectOut | None:
+    obj = located.obj
+    if obj is None:
+        return None
+    return ObjectOut(**obj.as_dict(), explore_url=explore_url(skyserver_url, obj.objID))
+
+
+def explore_url(skyserver_url: str, obj_id: int) -> str:
+    """SkyServer's Explore page for an object (the release is part of the base URL)."""
+    return f"{skyserver_url.rstrip('/')}/VisualTools/explore/summary?id={obj_id}"

@@ -27,6 +27,9 @@ RESULT_COLUMNS = (
     "ra",
     "dec",
     "status",
+    "objID",
+    "type",
+    "separation_arcsec",
     "oh_p50",
     "oh_sigma",
     "oh_p16",
@@ -38,7 +41,11 @@ RESULT_COLUMNS = (
     "flags",
     "reason",
 )
-_FLOATS = frozenset(RESULT_COLUMNS[2:4] + RESULT_COLUMNS[5:12])
+_FLOATS = frozenset(
+    ("ra", "dec", "separation_arcsec", "oh_p50", "oh_sigma", "oh_p16", "oh_p84", "log_mstar")
+    + ("log_mstar_sigma", "oh_tta_spread")
+)
+_INTEGERS = ("objID", "type")
 _TEXTS = ("id", "status", "flags", "reason")
 FLAG_SEPARATOR = ";"
 
@@ -54,6 +61,13 @@ _VOTABLE_FIELDS: dict[str, tuple[str | None, str | None, str]] = {
         "meta.code.status",
         "done: predicted; failed: could not be predicted (see reason); invalid: bad input "
         "row, never run; queued: not yet run",
+    ),
+    "objID": (None, "meta.id.cross", "SDSS photometric objID of the object at the position"),
+    "type": (None, "src.class", "SDSS PhotoObj.type of that object: 3 galaxy, 6 star, ..."),
+    "separation_arcsec": (
+        "arcsec",
+        "pos.angDistance",
+        "from the position given to the SDSS object (the cutout is centred on the object)",
     ),
     "oh_p50": ("dex", "phys.abund.Z", "gas-phase metallicity 12 + log10(O/H), median"),
     "oh_sigma": ("dex", "stat.error;phys.abund.Z", "1-sigma uncertainty of oh_p50 (calibrated)"),
@@ -151,6 +165,8 @@ def _column(values: list[Any], name: str) -> tuple[Any, str | None]:
         mask[:] = False
     elif name == "row":
         data = np.array(values, dtype=np.int64)
+    elif name in _INTEGERS:
+        data = np.array([0 if v is None else int(v) for v in values], dtype=np.int64)
     elif name == "cached":
         data = np.fromiter((bool(v) for v in values), dtype=bool, count=len(values))
     else:

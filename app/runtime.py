@@ -17,6 +17,7 @@ from anyio import to_thread
 
 from galmet.app import db as database
 from galmet.app.core.config import Settings
+from galmet.app.identify import Identifier
 from galmet.app.jobs.service import JobService
 from galmet.app.metrics import observe_batch
 from galmet.app.model_info import LoadedModel, load_model
@@ -60,7 +61,8 @@ class Runtime:
             rate=settings.skyserver_rate,
             concurrency=settings.fetch_concurrency,
         )
-        predictions = Predictions(settings, db, model, engine, skyserver)
+        identifier = Identifier(settings, db, skyserver)
+        predictions = Predictions(settings, db, model, engine, skyserver, identifier)
         jobs = JobService(settings, db, predictions) if role == "api" else None
         if jobs is not None:
             await jobs.start()

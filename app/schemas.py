@@ -25,6 +25,18 @@ EXAMPLE_PREDICTION = {
     "source": "coordinates",
     "ra": 150.0,
     "dec": 2.2,
+    "object": {
+        "objID": 1237651753997238347,
+        "type": 3,
+        "type_name": "galaxy",
+        "ra": 150.000431,
+        "dec": 2.200212,
+        "separation_arcsec": 1.73,
+        "petroR90_r": 6.1,
+        "petroMag_r": 16.9,
+        "explore_url": "https://skyserver.sdss.org/dr17/VisualTools/explore/summary?id=1237651753997238347",
+    },
+    "object_error": None,
     "image_sha256": None,
 }
 
@@ -40,6 +52,20 @@ class CoordinatesIn(BaseModel):
 
     ra: float | str = Field(description="right ascension: degrees, or hh:mm:ss")
     dec: float | str = Field(description="declination: degrees, or dd:mm:ss")
+
+
+class ObjectOut(BaseModel):
+    """The SDSS photometric object a prediction is about (its cutout is centred on it)."""
+
+    objID: int = Field(description="SDSS photometric object ID")  # noqa: N815
+    type: int = Field(description="PhotoObj.type: 3 galaxy, 6 star, …")
+    type_name: str
+    ra: float = Field(description="the object's right ascension (deg)")
+    dec: float = Field(description="the object's declination (deg)")
+    separation_arcsec: float = Field(description="from the position asked for")
+    petroR90_r: float | None = Field(description="r-band Petrosian R90 (arcsec)")  # noqa: N815
+    petroMag_r: float | None = Field(description="r-band Petrosian magnitude")  # noqa: N815
+    explore_url: str = Field(description="SkyServer's Explore page for the object")
 
 
 class PredictionOut(BaseModel):
@@ -64,8 +90,14 @@ class PredictionOut(BaseModel):
     cached: bool = Field(description="answered from the cache")
     flags: list[str] = Field(description="quality flags, e.g. grayscale_converted, resized")
     source: Literal["coordinates", "image"]
-    ra: float | None = None
-    dec: float | None = None
+    ra: float | None = Field(None, description="the position asked for (deg)")
+    dec: float | None = Field(None, description="the position asked for (deg)")
+    object: ObjectOut | None = Field(
+        None,
+        description="the SDSS object at the position (null: none within the match radius, "
+        "the look-up failed, or an uploaded image)",
+    )
+    object_error: str | None = Field(None, description="why the object is unknown")
     image_sha256: str | None = None
 
 

@@ -125,3 +125,15 @@ async def nearest_objects(
             if current is None or obj.separation_arcsec < current.separation_arcsec:
                 found[members[k]] = obj
     return found
+
+
+def object_flags(status: str | None, obj_type: int | None) -> list[str]:
+    """The quality flags of an identification: ``no_object`` (nothing within the radius),
+    ``object_unknown`` (the look-up failed), ``not_a_galaxy`` (a star or other type)."""
+    if status == "none":
+        return ["no_object"]
+    if status == "unknown":
+        return ["object_unknown"]
+    if status == "found" and obj_type != GALAXY:
+        return ["not_a_galaxy"]
+    return []

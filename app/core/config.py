@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     job_stall_seconds: float = 120.0
     job_sweep_seconds: float = 15.0  # how often the API looks for such chunks
     fetch_concurrency: int = 8  # cutouts fetched at once per chunk
+    # Object identification: the SDSS object within this radius of a position is the one a
+    # prediction is about (its cutout is centred on it); false: predict at the position as is.
+    identify: bool = True
+    match_radius_arcsec: float = Field(default=3.0, gt=0, le=60)
     log_json: bool = False  # JSON log lines (job and chunk ids as fields)
     worker_metrics_port: int | None = None  # worker pool process k serves metrics on port + k
     # Micro-batching of the inference engine.

@@ -26,10 +26,11 @@ from sqlalchemy.orm import Session
 
 from galmet.app import cache
 from galmet.app.errors import ApiError, blank_cutout_error
+from galmet.app.identify import Located
 from galmet.app.jobs.store import close_job_if_done, now
 from galmet.app.metrics import JOB_TARGETS
 from galmet.app.models import Job, JobChunk, JobTarget
-from galmet.app.predictions import Predictions
+from galmet.app.predictions import Predictions, check_something_there
 from galmet.images import centre_has_source, decode_image
 
 log = logging.getLogger("galmet.jobs")
@@ -102,12 +103,14 @@ async def run_chunk(predictions: Predictions, job_id: str, chunk: int) -> ChunkO
 # ---------------------------------------------------------------------------- the work
 @dataclass
 class _Result:
-    """A target's outcome: ``(status, reason, cached, prediction_id)``."""
+    """A target's outcome: ``(status, reason, cached, prediction_id)``, and the SDSS object
+    at its position."""
 
     status: str
     reason: str | None = None
     cached: bool | None = None
     prediction_id: int | None = None
+    located: Located | None = None
 
 
 async def _answer(
@@ -125,12 +128,27 @@ async def _answer(
         out.failed = len(targets)
         return results
 
-    # 1. The cache, in one session: no SkyServer, no model.
+    # 1. Which SDSS object each target is (cached, else a few batched SQL queries), and the
+    #    prediction cache at its centre, in one session: no cutouts, no model.
     clock = time.perf_counter()
-    hits = await predictions.db.run(_cached, [(t.id, t.ra, t.dec) for t in targets], job)
-    for target_id, prediction_id in hits.items():
+    located = dict(
+        zip(
+            (t.id for t in targets),
+            await predictions.identifier.locate([(t.ra, t.dec) for t in targets]),
+            strict=True,
+        )
+    )
+    centres = {i: loc.centre for i, loc in located.items()}
+    hits = await predictions.db.run(_cached, [(t.id, *centres[t.id]) for t in targets], job)
+    for target_id, (prediction_id, flags) in hits.items():
+        try:
+            check_something_there(flags, located[target_id])
+        except ApiError as error:
+            results[target_id] = _Result("failed", f"{error.status}: {error.detail}")
+            out.failed += 1
+            continue
         results[target_id] = _Result("done", cached=True, prediction_id=prediction_id)
-    out.cached = len(hits)
+        out.cached += 1
     todo = [t for t in targets if t.id not in hits]
     out.cache_seconds = time.perf_counter() - clock
 
@@ -140,16 +158,23 @@ async def _answer(
     parts = [todo[i : i + size] for i in range(0, len(todo), size)]
     ready: list[tuple[JobTarget, np.ndarray]] = []
     records: list[dict] = []
-    upcoming = asyncio.create_task(_images(predictions, parts[0])) if parts else None
+    upcoming = asyncio.create_task(_images(predictions, parts[0], centres)) if parts else None
     try:
         for k in range(len(parts)):
             part_ready, failures, seconds = await upcoming
             upcoming = (
-                asyncio.create_task(_images(predictions, parts[k + 1]))
+                asyncio.create_task(_images(predictions, parts[k + 1], centres))
                 if k + 1 < len(parts)
                 else None
             )
             out.fetch_seconds += seconds
+            for t, pixels in list(part_ready):
+                flags = [] if centre_has_source(pixels) else ["no_source_at_centre"]
+                try:
+                    check_something_there(flags, located[t.id])
+                except ApiError as error:
+                    failures[t.id] = error
+                    part_ready.remove((t, pixels))
             for target_id, error in failures.items():
                 results[target_id] = _Result("failed", f"{error.status}: {error.detail}")
             out.failed += len(failures)
@@ -163,21 +188,21 @@ async def _answer(
             upcoming.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await upcoming
-    if not ready:
-        return results
-
-    # 3. Idempotent upserts, one transaction for the chunk.
-    clock = time.perf_counter()
-    stored = await predictions.db.run(_store, ready, records, job)
-    out.store_seconds = time.perf_counter() - clock
-    for t, _ in ready:
-        results[t.id] = _Result("done", cached=False, prediction_id=stored[t.id])
-    out.predicted = len(ready)
+    if ready:
+        # 3. Idempotent upserts, one transaction for the chunk.
+        clock = time.perf_counter()
+        stored = await predictions.db.run(_store, ready, records, job, centres)
+        out.store_seconds = time.perf_counter() - clock
+        for t, _ in ready:
+            results[t.id] = _Result("done", cached=False, prediction_id=stored[t.id])
+        out.predicted = len(ready)
+    for target_id, result in results.items():
+        result.located = located[target_id]
     return results
 
 
 async def _images(
-    predictions: Predictions, targets: list[JobTarget]
+    predictions: Predictions, targets: list[JobTarget], centres: dict[int, tuple[float, float]]
 ) -> tuple[list[tuple[JobTarget, np.ndarray]], dict[int, ApiError], float]:
     """Decoded cutouts of ``targets`` at the model's input size: the cached ones read in one
     session (and decoded once), the rest fetched concurrently (the client bounds how many at
@@ -185,12 +210,14 @@ async def _images(
     pairs, the failures by target id, and the seconds taken."""
     clock = time.perf_counter()
     model = predictions.model
-    rows = await predictions.db.run(_cutouts, targets, model.fetch_scale, model.fetch_size)
+    rows = await predictions.db.run(
+        _cutouts, [(t.id, *centres[t.id]) for t in targets], model.fetch_scale, model.fetch_size
+    )
     missing = [t for t in targets if t.id not in rows]
 
     async def fetch(t: JobTarget):
         try:
-            return await predictions.fetch_cutout(t.ra, t.dec)
+            return await predictions.fetch_cutout(*centres[t.id])
         except ApiError as exc:
             return exc
 
@@ -200,7 +227,7 @@ async def _images(
     good = [(t, fetched[t.id]) for t in missing if t.id not in failures]
     if good:
         scale, size = model.fetch_scale, model.fetch_size
-        items = [(t.ra, t.dec, scale, size, c.jpeg, c.blank) for t, c in good]
+        items = [(*centres[t.id], scale, size, c.jpeg, c.blank) for t, c in good]
         await predictions.db.run(cache.store_cutouts, items)
 
     def pixels(t: JobTarget) -> np.ndarray | None:
@@ -227,7 +254,7 @@ async def _images(
         if isinstance(got, ApiError):
             failures[t.id] = got
         elif got is None:
-            failures[t.id] = blank_cutout_error(t.ra, t.dec)
+            failures[t.id] = blank_cutout_error(*centres[t.id])
         else:
             ready.append((t, got))
     return ready, failures, time.perf_counter() - clock
@@ -274,33 +301,44 @@ def _touch(session: Session, job_id: str, chunk: int) -> None:
     session.commit()
 
 
-def _cached(session: Session, targets: list[tuple[int, float, float]], job: Job) -> dict[int, int]:
+def _cached(
+    session: Session, targets: list[tuple[int, float, float]], job: Job
+) -> dict[int, tuple[int, list[str]]]:
+    """Target id -> (id, flags) of the cached prediction at its centre, where there is one."""
     hits = {}
     for target_id, ra, dec in targets:
         row = cache.find_sky(session, ra, dec, job.model_version, job.tta)
         if row is not None:
-            hits[target_id] = row.id
+            hits[target_id] = (row.id, list(row.flags))
     return hits
 
 
-def _cutouts(session: Session, targets: list[JobTarget], scale: float, size: int) -> dict:
+def _cutouts(
+    session: Session, targets: list[tuple[int, float, float]], scale: float, size: int
+) -> dict:
     found = {}
-    for t in targets:
-        row = cache.get_cutout(session, t.ra, t.dec, scale, size)
+    for target_id, ra, dec in targets:
+        row = cache.get_cutout(session, ra, dec, scale, size)
         if row is not None:
-            found[t.id] = row
+            found[target_id] = row
     session.expunge_all()
     return found
 
 
-def _store(session: Session, ready: list, records: list[dict], job: Job) -> dict[int, int]:
+def _store(
+    session: Session,
+    ready: list,
+    records: list[dict],
+    job: Job,
+    centres: dict[int, tuple[float, float]],
+) -> dict[int, int]:
     items = [
         {
             "model_version": job.model_version,
             "tta": job.tta,
             "flags": [] if centre_has_source(pixels) else ["no_source_at_centre"],
-            "ra": t.ra,
-            "dec": t.dec,
+            "ra": centres[t.id][0],
+            "dec": centres[t.id][1],
             **record,
         }
         for (t, pixels), record in zip(ready, records, strict=True)
@@ -322,6 +360,10 @@ def _finish(session: Session, job_id: str, chunk: int, results: dict[int, _Resul
                 reason=bindparam("t_reason"),
                 cached=bindparam("t_cached"),
                 prediction_id=bindparam("t_prediction"),
+                object_status=bindparam("t_object"),
+                obj_id=bindparam("t_obj_id"),
+                obj_type=bindparam("t_obj_type"),
+                separation_arcsec=bindparam("t_separation"),
             ),
             [
                 {
@@ -330,6 +372,12 @@ def _finish(session: Session, job_id: str, chunk: int, results: dict[int, _Resul
                     "t_reason": r.reason,
                     "t_cached": r.cached,
                     "t_prediction": r.prediction_id,
+                    "t_object": r.located.status if r.located else None,
+                    "t_obj_id": r.located.obj.objID if r.located and r.located.obj else None,
+                    "t_obj_type": r.located.obj.type if r.located and r.located.obj else None,
+                    "t_separation": (
+                        r.located.obj.separation_arcsec if r.located and r.located.obj else None
+                    ),
                 }
                 for target_id, r in results.items()
             ],

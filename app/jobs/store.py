@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from galmet.app.models import Job, JobChunk, JobTarget, Prediction
 from galmet.app.targets import TargetRow
+from galmet.objects import object_flags
 from galmet.record import VALUE_FIELDS, public_fields
 
 _INSERT_BATCH = 2000  # rows per INSERT while a job is written
@@ -163,6 +164,9 @@ def job_results(session: Session, job_id: str) -> list[dict]:
             "ra": t.ra,
             "dec": t.dec,
             "status": t.status,
+            "objID": t.obj_id,
+            "type": t.obj_type,
+            "separation_arcsec": t.separation_arcsec,
             **dict.fromkeys(VALUE_FIELDS),
             "oh_tta_spread": None,
             "cached": t.cached,
@@ -174,6 +178,7 @@ def job_results(session: Session, job_id: str) -> list[dict]:
             values.update({k: fields[k] for k in VALUE_FIELDS})
             values["oh_tta_spread"] = fields["tta_spread"].get("oh_p50")
             values["flags"] = list(p.flags)
+        values["flags"] += object_flags(t.object_status, t.obj_type)
         out.append(values)
     return out
 
