@@ -21,9 +21,28 @@ function showResult(p, imageUrl) {
   $("details").textContent =
     `${where} · ${p.cached ? "from the cache" : "computed now"} · TTA ${p.tta} · ` +
     `model ${p.model_name} (${p.model_version.slice(0, 12)})`;
+  showObject(p);
   $("flags").textContent = p.flags.length ? `flags: ${p.flags.join(", ")}` : "";
   $("notice").textContent = p.notice || "";
   $("result").hidden = false;
+}
+
+// The SDSS object the prediction is about, linked to SkyServer's Explore page.
+function showObject(p) {
+  const box = $("object");
+  box.replaceChildren();
+  if (p.object) {
+    const o = p.object;
+    const link = document.createElement("a");
+    link.href = o.explore_url;
+    link.target = "_blank";
+    link.rel = "noopener";
+    link.textContent = `SDSS ${o.objID}`;
+    box.append(link, ` · ${o.type_name} · ${o.separation_arcsec.toFixed(2)}″ from the position ` +
+      `given (cutout centred on the object at RA ${o.ra.toFixed(5)}, Dec ${o.dec.toFixed(5)})`);
+  } else if (p.source === "coordinates") {
+    box.textContent = p.object_error || "no SDSS object within the match radius";
+  }
 }
 
 async function answer(response) {
