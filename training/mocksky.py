@@ -53,32 +53,13 @@ import numpy as np
 from astropy.cosmology import FlatLambdaCDM
 from astropy.table import Table
 
-BANDS = "ugriz"
-#: Columns of ``catalog.csv``, in the order ``galmet catalog`` writes them.
-CATALOG_COLUMNS: list[str] = (
-    ["objID", "ra", "dec", "z", "zErr"]
-    + [f"modelMag_{b}" for b in BANDS]
-    + [f"modelMagErr_{b}" for b in BANDS]
-    + [f"petroMag_{b}" for b in BANDS]
-    + [f"petroMagErr_{b}" for b in BANDS]
-    + [
-        "petroR50_r",
-        "petroR90_r",
-        "oh_p16",
-        "oh_p50",
-        "oh_p84",
-        "lgm_tot_p50",
-        "sfr_tot_p50",
-        "bptclass",
-    ]
-)
+from galmet.training.sample import BANDS, CATALOG_COLUMNS, MISSING, mask
 
 #: The mock imaging footprint: ra_min, ra_max, dec_min, dec_max in degrees.
 FOOTPRINT = (130.0, 230.0, 0.0, 60.0)
 
 COSMOLOGY = FlatLambdaCDM(H0=70, Om0=0.3)
 NATIVE_SCALE = 0.396  # SDSS arcsec per pixel
-MISSING = -9999.0  # MPA-JHU's value for "not measured"
 _OBJID_BASE = 1237645876861272064
 _SPECOBJID_BASE = 299489677444933632
 
@@ -180,7 +161,7 @@ class MockSky:
         self.seed = seed
         self.config = config or MockSkyConfig()
         self.population = self._draw_population()
-        self.in_sample = sample_cuts(self.population)
+        self.in_sample = mask(self.population)
         # Sorted by Dec so that a cutout finds its galaxies with a binary search.
         self._dec_order = np.argsort(np.asarray(self.population["dec"]))
         self._dec_sorted = np.asarray(self.population["dec"])[self._dec_order]
@@ -228,10 +209,10 @@ class MockSky:
             batch = max(4000, 12 * (self.n - n_in_sample))
             chunk = self._draw_batch(rng, draw_z(rng.random(batch)), draw_logm(rng.random(batch)))
             chunks.append(chunk)
-            n_in_sample += int(sample_cuts(chunk).sum())
+            n_in_sample += int(mask(chunk).sum())
         pop = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
         # Keep objects up to and including the n-th sample galaxy.
-        last = np.flatnonzero(sample_cuts(pop))[self.n - 1]
+        last = np.flatnonzero(mask(pop))[self.n - 1]
         pop = {k: v[: last + 1] for k, v in pop.items()}
         m = last + 1
         pop["objID"] = _OBJID_BASE + np.cumsum(rng.integers(1, 2**24, m)).astype(np.int64)
@@ -556,23 +537,6 @@ class MockSky:
                         col = _colours(np.asarray(gr))
                         fluxes = {b: float(_nmgy(r + col[b])) for b in "gri"}
                         yield kind, f_ra, f_dec, size, n_sersic, fluxes
-
-
-def sample_cuts(pop: Table | dict, with_mass: bool = False) -> np.ndarray:
-    """The paper's sample selection (DESIGN.md) as a boolean mask over rows."""
-
-    def col(name: str) -> np.ndarray:
-        return np.asarray(pop[name], dtype=float)
-
-    u_r = col("modelMag_u") - col("modelMag_r")
-    ok = (col("petroMag_r") > 10) & (col("petroMag_r") < 18) & (u_r > 0) & (u_r < 6)
-    for b in BANDS:
-        ok &= (col(f"modelMag_{b}") > 10) & (col(f"modelMag_{b}") < 25)
-    ok &= (col("rChi2") < 2) & (col("zErr") > 0) & (col("zErr") < 0.01) & (col("z") > 0.02)
-    ok &= col("oh_p50") != MISSING
-    if with_mass:
-        ok &= col("lgm_tot_p50") > 0
-    return ok
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
