@@ -13,7 +13,8 @@ from sklearn.ensemble import RandomForestRegressor
 
 from galmet.cli import main as galmet
 from galmet.training import sample
-from galmet.training.mocksky import FOOTPRINT, MockSky, tremonti_mmr
+from galmet.training.mock_population import FOOTPRINT, tremonti_mmr
+from galmet.training.mocksky import MockSky
 from galmet.training.sample import CATALOG_COLUMNS, MISSING
 
 
