@@ -35,17 +35,17 @@ import torch
 from astropy.table import Table
 
 from galmet.d4 import N_D4, d4
+from galmet.device import pick_device
 from galmet.model import build_model
 from galmet.preprocess import normalise
+from galmet.training.config import TrainConfig
 from galmet.training.dataset import GalaxyData, TargetScaler
-from galmet.training.train import (
+from galmet.training.trainer import (
     GROUP_LR_RATIOS,
-    TrainConfig,
     Trainer,
     loss_fn,
     make_optimizer,
     make_scheduler,
-    pick_device,
     stage_images,
 )
 

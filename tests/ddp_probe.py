@@ -22,6 +22,7 @@ import torch
 from galmet.cli import main as galmet
 from galmet.model import Checkpoint
 from galmet.training import train as train_module
+from galmet.training.trainer import Trainer
 
 
 def state_hash(state: dict[str, torch.Tensor]) -> str:
@@ -36,7 +37,7 @@ def run() -> int:
     out_dir, argv = Path(sys.argv[1]), sys.argv[2:]
     rank = int(os.environ["RANK"])
     record: dict = {"rank": rank, "batches": [], "writes": [], "fits": []}
-    trainer = train_module.Trainer
+    trainer = Trainer
     real_batch, real_run_epoch, real_fit = trainer._batch, trainer.run_epoch, trainer.fit
     epoch_now = {"epoch": -1}
 

@@ -11,9 +11,10 @@ from astropy.table import Table
 
 from galmet.cli import main as galmet
 from galmet.errors import GalmetError
+from galmet.training import sample
 from galmet.training.catalog import MAX_PAGE_SIZE, build_query, skyserver_base_url
 from galmet.training.mock_skyserver import Faults, create_app, serve_in_thread
-from galmet.training.mocksky import CATALOG_COLUMNS, sample_cuts
+from galmet.training.sample import CATALOG_COLUMNS
 
 
 def root(base_url: str) -> str:
@@ -153,7 +154,7 @@ def test_catalog_cuts_match_sample_cuts_at_every_edge(tmp_path, capsys, mock_sky
                     1 if "+" in value else -1
                 )
             pop[column][row] = value
-    want = pop[sample_cuts(pop, with_mass=with_mass)]["objID"]
+    want = pop[sample.mask(pop, with_mass=with_mass)]["objID"]
     assert len(want) == len(pop[mock_sky.in_sample]) - len(BROKEN) + (0 if with_mass else 2)
 
     sky = SimpleNamespace(population=pop)  # the SQL side needs nothing else

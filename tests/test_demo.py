@@ -55,6 +55,6 @@ def test_other_checkpoints_are_not_demos():
 def _jpeg() -> bytes:
     import numpy as np
 
-    from galmet.training.mocksky import encode_jpeg
+    from galmet.training.mock_render import encode_jpeg
 
     return encode_jpeg(np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8))

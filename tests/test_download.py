@@ -15,8 +15,9 @@ from galmet.cli import main as cli_main
 from galmet.images import decode_jpeg
 from galmet.skyserver import SkyServerClient
 from galmet.training.download import DownloadSummary, download_cutouts
+from galmet.training.mock_population import FOOTPRINT
 from galmet.training.mock_skyserver import Faults, create_app, serve_in_thread
-from galmet.training.mocksky import FOOTPRINT, MockSky
+from galmet.training.mocksky import MockSky
 
 N = 16
 OFF_FOOTPRINT_ID = 999

@@ -12,14 +12,10 @@ from PIL import Image
 from sklearn.ensemble import RandomForestRegressor
 
 from galmet.cli import main as galmet
-from galmet.training.mocksky import (
-    CATALOG_COLUMNS,
-    FOOTPRINT,
-    MISSING,
-    MockSky,
-    sample_cuts,
-    tremonti_mmr,
-)
+from galmet.training import sample
+from galmet.training.mock_population import FOOTPRINT, tremonti_mmr
+from galmet.training.mocksky import MockSky
+from galmet.training.sample import CATALOG_COLUMNS, MISSING
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +48,7 @@ def test_catalog_has_the_sdss_columns_and_only_sample_rows(big_sky):
     assert np.any((rejects["zErr"] <= 0) | (rejects["zErr"] >= 0.01))
     assert np.any(rejects["modelMag_u"] == MISSING)
     assert np.any(rejects["z"] <= 0.02)
-    assert np.array_equal(sample_cuts(big_sky.population), big_sky.in_sample)
+    assert np.array_equal(sample.mask(big_sky.population), big_sky.in_sample)
 
 
 def test_magnitude_limit_and_ranges(big_sky):

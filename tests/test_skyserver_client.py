@@ -338,7 +338,7 @@ def sky():
 
 
 def test_blank_off_footprint_mock_cutout(sky):
-    from galmet.training.mocksky import FOOTPRINT
+    from galmet.training.mock_population import FOOTPRINT
 
     ra_min, _, dec_min, _ = FOOTPRINT
     for ra, dec in ((ra_min - 20, 10.0), (ra_min + 10, dec_min - 5), (10.0, -30.0)):

@@ -21,17 +21,16 @@ from galmet.images import decode_image
 from galmet.model import Checkpoint
 from galmet.predictor import Predictor
 from galmet.preprocess import decode_batch, gpu_decodable, normalise
+from galmet.training.config import TrainConfig
 from galmet.training.dataset import TargetScaler, load_data, split_indices
 from galmet.training.simulate import simulate
-from galmet.training.train import (
-    TrainConfig,
+from galmet.training.train import add_arguments, train
+from galmet.training.trainer import (
     Trainer,
-    add_arguments,
     make_optimizer,
     make_scheduler,
     resolve_flag,
     stage_images,
-    train,
 )
 from tests.helpers import tiny_checkpoint
 

@@ -16,16 +16,11 @@ from galmet.images import decode_image
 from galmet.model import Checkpoint, GalmetNet, build_model
 from galmet.predictor import Predictor
 from galmet.preprocess import normalise
+from galmet.training.config import TrainConfig
 from galmet.training.dataset import TargetScaler, load_data, split_indices
 from galmet.training.simulate import simulate
-from galmet.training.train import (
-    GROUP_LR_RATIOS,
-    TrainConfig,
-    Trainer,
-    make_optimizer,
-    make_scheduler,
-    train,
-)
+from galmet.training.train import train
+from galmet.training.trainer import GROUP_LR_RATIOS, Trainer, make_optimizer, make_scheduler
 from tests.helpers import tiny_checkpoint
 
 

@@ -2,10 +2,11 @@
 
 The query joins the photometric galaxies (``Galaxy``) with their spectra (``SpecObj``, on
 ``bestObjID = objID``) and the MPA-JHU tables ``GalSpecInfo`` and ``GalSpecExtra`` (on
-``specObjID``) and applies every cut of DESIGN.md "Sample". SkyServer returns at most
-500,000 rows per query and has a time limit, so the query is paged by objID
-(``p.objID > last ORDER BY p.objID``) until a page comes back short or ``--limit`` rows
-are in. The output CSV has exactly the columns ``training.mocksky.CATALOG_COLUMNS``.
+``specObjID``) and applies every cut of DESIGN.md "Sample", as ``training.sample`` defines
+them. SkyServer returns at most 500,000 rows per query and has a time limit, so the query
+is paged by objID (``p.objID > last ORDER BY p.objID``) until a page comes back short or
+``--limit`` rows are in. The output CSV has exactly the columns
+``training.sample.CATALOG_COLUMNS``.
 """
 
 from __future__ import annotations
@@ -24,15 +25,15 @@ from tqdm import tqdm
 from galmet.errors import GalmetError
 from galmet.files import atomic_path
 from galmet.skyserver import DEFAULT_RETRIES, DEFAULT_SKYSERVER_URL, SkyServerClient
-from galmet.training.mocksky import CATALOG_COLUMNS
+from galmet.training.sample import CATALOG_COLUMNS, sql_where
 
 #: SkyServer's row limit per query; a page may not be larger, or a truncated page would
 #: look like the last one.
 MAX_PAGE_SIZE = 500_000
 
-_BANDS = "ugriz"
-# Which joined table each output column comes from: p = Galaxy, s = SpecObj, e = GalSpecExtra.
-_SPEC_COLUMNS = {"z", "zErr"}
+# Which joined table each column (output or cut) comes from: p = Galaxy, s = SpecObj,
+# e = GalSpecExtra.
+_SPEC_COLUMNS = {"z", "zErr", "rChi2"}
 _EXTRA_COLUMNS = {"oh_p16", "oh_p50", "oh_p84", "lgm_tot_p50", "sfr_tot_p50", "bptclass"}
 _RELEASE = re.compile(r"[dD][rR][0-9]+")
 
@@ -48,20 +49,8 @@ def _qualified(column: str) -> str:
 def build_query(after_objid: int, top: int, with_mass: bool = False) -> str:
     """The sample-selection query (SkyServer T-SQL) for the ``top`` galaxies with
     objID > ``after_objid``, in objID order. ``with_mass`` adds ``lgm_tot_p50 > 0``."""
-    cuts = [
-        f"p.objID > {int(after_objid)}",
-        "p.petroMag_r > 10 AND p.petroMag_r < 18",
-        "p.modelMag_u - p.modelMag_r > 0 AND p.modelMag_u - p.modelMag_r < 6",
-        *(f"p.modelMag_{b} > 10 AND p.modelMag_{b} < 25" for b in _BANDS),
-        "s.rChi2 < 2",
-        "s.zErr > 0 AND s.zErr < 0.01",
-        "s.z > 0.02",
-        "e.oh_p50 != -9999",
-    ]
-    if with_mass:
-        cuts.append("e.lgm_tot_p50 > 0")
     select = ",\n  ".join(_qualified(c) for c in CATALOG_COLUMNS)
-    where = "\n  AND ".join(cuts)
+    where = f"p.objID > {int(after_objid)}\n  AND " + sql_where(_qualified, with_mass)
     return (
         f"SELECT TOP {int(top)}\n  {select}\n"
         "FROM Galaxy AS p\n"

@@ -3,7 +3,7 @@
 Images are decoded once (in parallel) and kept as one uint8 tensor (N, 3, H, W): 130,000
 cutouts of 128 px take 6.4 GB, and batches are then plain index operations, augmented on
 whatever device they go to (``galmet train`` moves the whole tensor to the GPU when it
-fits: ``training.train.stage_images``). Targets are chosen by catalog column name and
+fits: ``training.trainer.stage_images``). Targets are chosen by catalog column name and
 normalised with the training split's mean and standard deviation.
 """
 

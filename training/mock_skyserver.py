@@ -82,7 +82,7 @@ from starlette.routing import Route
 
 from galmet.errors import GalmetError
 from galmet.skyserver import MAX_SIZE, MIN_SIZE
-from galmet.training.mocksky import BANDS
+from galmet.training.sample import BANDS
 
 #: Row limit of one SkyServer SQL query (``MaxRows`` of the public site).
 MAX_ROWS = 500_000

@@ -1,165 +1,26 @@
-"""Mock SDSS sky: SDSS-like galaxies whose metallicity follows known relations.
+"""Mock SDSS sky: SDSS-like galaxies whose metallicity follows known relations, and their
+cutouts, standing in for SDSS offline.
 
-The mock stands in for SDSS offline. It is built so that the image carries information
-about metallicity that g, r, i magnitudes alone do not, as in real galaxies, and so that
-the best possible prediction error (the *oracle floor*) is known.
-
-Relations (x = log10 M*/Msun; concordance cosmology H0 = 70, Om = 0.3):
-
-* Population: z drawn from the comoving volume in [0.005, 0.25]; log M* from the
-  Baldry et al. (2012) double Schechter function in [8.5, 11.5]; SDSS main-sample
-  magnitude limit petroMag_r < 17.77 applied to the rendered photometry.
-* Star formation: log SFR = 0.77 x - 7.53 + N(0, 0.3) on the main sequence; a quenched
-  fraction 1 / (1 + exp(-(x - 10.5) / 0.25)) sits 1.5 dex below it.
-* Morphology: r-band bulge fraction B/T rising with mass (0.05 at x = 9 to 0.45 at
-  x = 11, scatter 0.1; ~0.6 when quenched); Sersic index of the bulge 2 + (x - 9.5),
-  quantised to 0.5; random inclination (cos i uniform, intrinsic disk thickness 0.15)
-  and position angle.
-* Sizes: Shen et al. (2003) late-type size-mass relation for the disk and early-type
-  relation (for the bulge mass) for the bulge, 0.15 dex scatter.
-* Colours: bulge g - r = 0.72 + 0.04 (x - 10.5); disk g - r = 0.45 - 0.25 (log sSFR + 10),
-  so bluer disks at high specific SFR give colour gradients; r - i, u - g, i - z follow
-  g - r. Inclination-dependent dust dims and reddens the disk (A_r up to ~0.8 mag edge-on).
-  Luminosity from M/L: log(M/L_r) = -0.306 + 1.097 (g - r) (Bell et al. 2003).
-* Metallicity: Tremonti et al. (2004) MMR, 12 + log(O/H) = -1.492 + 1.847 x - 0.08026 x^2,
-  plus terms that the image shows but magnitudes do not fully: -0.10 per dex of SFR above
-  the main sequence (FMR-like, seen as disk colour), -0.20 per dex of disk size above the
-  size-mass relation (compact galaxies are more metal rich), +0.10 per unit of B/T above
-  its mean at that mass. A hidden intrinsic scatter of 0.05 dex sits on top (total
-  ~0.07 dex at fixed mass), and the "measured" oh_p50 adds 0.03-0.05 dex noise (larger for
-  fainter galaxies) with matching oh_p16/oh_p84.
-* Oracle floor: RMSE of oh_p50 about ``true_oh_mean``, the expectation of the measured
-  value given every latent that shapes the image; no predictor from images can beat it.
-* Imaging: Kolmogorov PSF of 1.4" FWHM, sky noise of SDSS depth (r sky 20.9 mag/arcsec^2),
-  field galaxies and stars placed deterministically per sky cell, so neighbours appear
-  in some cutouts and every cutout of the same spot looks the same. Colour as SDSS does:
-  astropy's Lupton RGB of i, r, g -> R, G, B. Outside ``FOOTPRINT`` pixels are black.
-
-Rejects: the population also holds spectroscopic objects that fail the sample cuts
-(quenched or AGN galaxies with oh_p50 = -9999, bad redshift errors, rChi2 >= 2, z < 0.02,
-failed u-band photometry),
-so that a catalog query has something to cut. Omitted for simplicity: K-corrections,
-PSF variation between bands and fields, saturation and bleed trails.
+``MockSky`` ties three parts together: the galaxy population and its relations (masses,
+SFR, metallicity, sizes, colours; ``training.mock_population``, whose docstring gives every
+relation and number), its GalSim imaging (``training.mock_render``) and the paper's sample
+cuts (``training.sample``), which mark the objects a catalog query must return.
 """
 
 from __future__ import annotations
 
-import io
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
-from astropy.cosmology import FlatLambdaCDM
 from astropy.table import Table
 
-BANDS = "ugriz"
-#: Columns of ``catalog.csv``, in the order ``galmet catalog`` writes them.
-CATALOG_COLUMNS: list[str] = (
-    ["objID", "ra", "dec", "z", "zErr"]
-    + [f"modelMag_{b}" for b in BANDS]
-    + [f"modelMagErr_{b}" for b in BANDS]
-    + [f"petroMag_{b}" for b in BANDS]
-    + [f"petroMagErr_{b}" for b in BANDS]
-    + [
-        "petroR50_r",
-        "petroR90_r",
-        "oh_p16",
-        "oh_p50",
-        "oh_p84",
-        "lgm_tot_p50",
-        "sfr_tot_p50",
-        "bptclass",
-    ]
-)
+from galmet.training.mock_population import MockSkyConfig, draw_population
+from galmet.training.mock_render import Renderer, in_footprint
+from galmet.training.sample import CATALOG_COLUMNS, mask
 
-#: The mock imaging footprint: ra_min, ra_max, dec_min, dec_max in degrees.
-FOOTPRINT = (130.0, 230.0, 0.0, 60.0)
-
-COSMOLOGY = FlatLambdaCDM(H0=70, Om0=0.3)
-NATIVE_SCALE = 0.396  # SDSS arcsec per pixel
-MISSING = -9999.0  # MPA-JHU's value for "not measured"
-_OBJID_BASE = 1237645876861272064
-_SPECOBJID_BASE = 299489677444933632
-
-
-@dataclass(frozen=True)
-class MockSkyConfig:
-    """Knobs of the mock sky; the module docstring says what each relation is."""
-
-    z_min: float = 0.005
-    z_max: float = 0.25
-    logm_min: float = 8.5
-    logm_max: float = 11.5
-    r_limit: float = 17.77  # SDSS main-sample Petrosian r limit
-    sfms_scatter: float = 0.3
-    size_scatter: float = 0.15  # dex
-    fmr_slope: float = -0.10  # dex of O/H per dex of SFR above the main sequence
-    size_slope: float = -0.20  # dex of O/H per dex of disk size above the size-mass relation
-    bulge_slope: float = 0.10  # dex of O/H per unit of B/T above its mean at fixed mass
-    oh_hidden_scatter: float = 0.05  # intrinsic scatter no image shows
-    oh_error_bright: float = 0.03  # measurement error at petroMag_r = 14.5
-    oh_error_faint: float = 0.05  # ... at the magnitude limit
-    psf_fwhm: float = 1.4  # arcsec
-    sky_noise_nmgy: tuple[float, float, float] = (0.025, 0.03, 0.045)  # g, r, i per 0.396" px
-    field_galaxies_per_deg2: float = 2000.0
-    field_stars_per_deg2: float = 600.0
-    lupton_stretch: float = 0.5
-    lupton_q: float = 8.0
-    band_weights: tuple[float, float, float] = (2.0, 1.25, 1.0)  # g, r, i before Lupton
-    jpeg_quality: int = 90
-
-
-def tremonti_mmr(logm: np.ndarray) -> np.ndarray:
-    """Tremonti et al. (2004) mass-metallicity relation, 12 + log(O/H)."""
-    return -1.492 + 1.847 * logm - 0.08026 * logm**2
-
-
-def sfms(logm: np.ndarray) -> np.ndarray:
-    """Star-forming main sequence, log SFR [Msun/yr]."""
-    return 0.77 * logm - 7.53
-
-
-def mean_bulge_fraction(logm: np.ndarray) -> np.ndarray:
-    """Mean r-band B/T of star-forming galaxies at fixed mass."""
-    return np.clip(0.05 + 0.2 * (logm - 9.0), 0.02, 0.6)
-
-
-def disk_size_kpc(logm: np.ndarray) -> np.ndarray:
-    """Shen et al. (2003) late-type half-light radius [kpc]."""
-    m = 10.0**logm
-    return 0.1 * m**0.14 * (1 + m / 3.98e10) ** (0.39 - 0.14)
-
-
-def bulge_size_kpc(logm_bulge: np.ndarray) -> np.ndarray:
-    """Shen et al. (2003) early-type half-light radius [kpc]."""
-    return 10.0 ** (0.56 * logm_bulge - 5.54)
-
-
-def _nmgy(mag: np.ndarray) -> np.ndarray:
-    return 10.0 ** (-0.4 * (mag - 22.5))
-
-
-def _mag(flux: np.ndarray) -> np.ndarray:
-    return 22.5 - 2.5 * np.log10(flux)
-
-
-def _colours(gr: np.ndarray) -> dict[str, np.ndarray]:
-    """Colour offsets of each band from r for a stellar population of colour g - r."""
-    ri = 0.12 + 0.35 * gr
-    return {
-        "u": gr + 0.75 + 1.3 * gr,
-        "g": gr,
-        "r": 0.0 * gr,
-        "i": -ri,
-        "z": -ri - (0.02 + 0.3 * gr),
-    }
-
-
-def _inverse_cdf_sampler(x: np.ndarray, pdf: np.ndarray):
-    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (pdf[1:] + pdf[:-1]) * np.diff(x))])
-    cdf /= cdf[-1]
-    return lambda u: np.interp(u, cdf, x)
+__all__ = ["MockSky", "MockSkyConfig"]
 
 
 class MockSky:
@@ -179,11 +40,9 @@ class MockSky:
         self.n = n
         self.seed = seed
         self.config = config or MockSkyConfig()
-        self.population = self._draw_population()
-        self.in_sample = sample_cuts(self.population)
-        # Sorted by Dec so that a cutout finds its galaxies with a binary search.
-        self._dec_order = np.argsort(np.asarray(self.population["dec"]))
-        self._dec_sorted = np.asarray(self.population["dec"])[self._dec_order]
+        self.population = draw_population(n, seed, self.config)
+        self.in_sample = mask(self.population)
+        self._renderer = Renderer(self.population, seed, self.config)
 
     @classmethod
     def from_dir(cls, path: str | Path) -> MockSky:
@@ -206,180 +65,6 @@ class MockSky:
             "oracle_floor_rmse": self.oracle_floor(),
             "oracle_floor_expected": self.expected_oracle_floor(),
         }
-
-    # ----------------------------------------------------------------- population
-    def _draw_population(self) -> Table:
-        cfg = self.config
-        rng = np.random.default_rng([self.seed, 1])
-        zgrid = np.linspace(cfg.z_min, cfg.z_max, 512)
-        draw_z = _inverse_cdf_sampler(zgrid, COSMOLOGY.differential_comoving_volume(zgrid).value)
-        mgrid = np.linspace(cfg.logm_min, cfg.logm_max, 512)
-        mu = 10.0 ** (mgrid - 10.66)  # Baldry et al. (2012) double Schechter, per dex
-        phi = np.exp(-mu) * (3.96e-3 * mu ** (-0.35 + 1) + 0.79e-3 * mu ** (-1.47 + 1))
-        draw_logm = _inverse_cdf_sampler(mgrid, phi)
-        self._dist = (
-            zgrid,
-            COSMOLOGY.distmod(zgrid).value,
-            COSMOLOGY.angular_diameter_distance(zgrid).value * 1e3,
-        )  # kpc
-
-        chunks, n_in_sample = [], 0
-        while n_in_sample < self.n:
-            batch = max(4000, 12 * (self.n - n_in_sample))
-            chunk = self._draw_batch(rng, draw_z(rng.random(batch)), draw_logm(rng.random(batch)))
-            chunks.append(chunk)
-            n_in_sample += int(sample_cuts(chunk).sum())
-        pop = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-        # Keep objects up to and including the n-th sample galaxy.
-        last = np.flatnonzero(sample_cuts(pop))[self.n - 1]
-        pop = {k: v[: last + 1] for k, v in pop.items()}
-        m = last + 1
-        pop["objID"] = _OBJID_BASE + np.cumsum(rng.integers(1, 2**24, m)).astype(np.int64)
-        pop["specObjID"] = _SPECOBJID_BASE + np.cumsum(rng.integers(1, 2**30, m)).astype(np.int64)
-        ra0, ra1, dec0, dec1 = FOOTPRINT
-        pop["ra"] = rng.uniform(ra0, ra1, m)
-        sd0, sd1 = np.sin(np.radians([dec0, dec1]))
-        pop["dec"] = np.degrees(np.arcsin(rng.uniform(sd0, sd1, m)))
-        pop["class"] = np.full(m, "GALAXY")
-        first = ["objID", "specObjID", "ra", "dec", "z", "zErr", "rChi2", "class"]
-        order = first + [c for c in CATALOG_COLUMNS if c not in first]
-        order += sorted(k for k in pop if k.startswith("true_"))
-        return Table({k: pop[k] for k in order})
-
-    def _draw_batch(self, rng: np.random.Generator, z: np.ndarray, x: np.ndarray) -> dict:
-        """Latents and observables for a batch; rows fainter than the r limit are dropped."""
-        cfg = self.config
-        n = len(z)
-        zgrid, distmod, da_kpc = self._dist
-        quenched = rng.random(n) < 1 / (1 + np.exp(-(x - 10.5) / 0.25))
-        logsfr = sfms(x) + rng.normal(0, cfg.sfms_scatter, n) - 1.5 * quenched
-        logsfr += quenched * rng.normal(0, 0.3, n)
-        dsfr = logsfr - sfms(x)
-
-        bt = np.where(
-            quenched, rng.normal(0.6, 0.15, n), mean_bulge_fraction(x) + rng.normal(0, 0.1, n)
-        )
-        bt = np.clip(bt, 0.0, np.where(quenched, 1.0, 0.8))
-        bt_offset = np.where(quenched, 0.0, bt - mean_bulge_fraction(x))
-        n_bulge = np.round(2 * np.clip(2 + (x - 9.5) + rng.normal(0, 0.3, n), 1.5, 4.5)) / 2
-
-        dlog_size = rng.normal(0, cfg.size_scatter, n)
-        re_disk_kpc = disk_size_kpc(x) * 10**dlog_size
-        logm_bulge = x + np.log10(np.maximum(bt, 0.02))
-        re_bulge_kpc = bulge_size_kpc(logm_bulge) * 10 ** rng.normal(0, 0.1, n)
-        da = np.interp(z, zgrid, da_kpc)
-        arcsec_per_kpc = 206264.8 / da
-        cos_i = rng.random(n)
-        q_disk = np.sqrt(cos_i**2 * (1 - 0.15**2) + 0.15**2)
-        q_bulge = rng.uniform(0.6, 1.0, n)
-        pa = rng.uniform(0, 180, n)
-
-        log_ssfr = logsfr - x
-        gr_disk = np.clip(0.45 - 0.25 * (log_ssfr + 10) + rng.normal(0, 0.03, n), 0.2, 0.8)
-        gr_bulge = 0.72 + 0.04 * (x - 10.5) + rng.normal(0, 0.03, n)
-        gr_total = -2.5 * np.log10(bt * 10 ** (-0.4 * gr_bulge) + (1 - bt) * 10 ** (-0.4 * gr_disk))
-        log_ml = -0.306 + 1.097 * gr_total
-        abs_r = 4.65 - 2.5 * (x - log_ml)
-        r_total = abs_r + np.interp(z, zgrid, distmod)
-        # Dust in the disk: more for massive, inclined disks.
-        a_r = 0.8 * np.clip((x - 8.5) / 2.0, 0.25, 1.0) * -np.log10(np.maximum(cos_i, 0.1))
-        dust = {"u": 1.75 * a_r, "g": 1.35 * a_r, "r": a_r, "i": 0.78 * a_r, "z": 0.63 * a_r}
-        with np.errstate(divide="ignore"):
-            r_bulge = r_total - 2.5 * np.log10(bt)
-            r_disk = r_total - 2.5 * np.log10(1 - bt) + a_r
-        col_b, col_d = _colours(gr_bulge), _colours(gr_disk)
-        out: dict[str, np.ndarray] = {}
-        petro_flux = {}
-        for b in BANDS:
-            fb = _nmgy(r_bulge + col_b[b])
-            fd = _nmgy(r_disk + col_d[b] - a_r + dust[b])
-            out[f"true_flux_bulge_{b}"] = fb
-            out[f"true_flux_disk_{b}"] = fd
-            out[f"true_mag_{b}"] = _mag(fb + fd)
-            # A Petrosian aperture holds ~99% of an exponential's light, ~82% of a de Vaucouleurs'.
-            petro_flux[b] = 0.99 * fd + (0.99 - 0.17 * (n_bulge - 1) / 3) * fb
-
-        # Measured photometry.
-        for b in BANDS:
-            mag = out[f"true_mag_{b}"]
-            err = 0.004 + 0.03 * 10 ** (0.4 * (mag - 21.0))
-            out[f"modelMagErr_{b}"] = err
-            out[f"modelMag_{b}"] = mag + rng.normal(0, 1, n) * err
-            pmag = _mag(petro_flux[b])
-            perr = 1.3 * err
-            out[f"petroMagErr_{b}"] = perr
-            out[f"petroMag_{b}"] = pmag + rng.normal(0, 1, n) * perr
-        # Failed u-band photometry (SDSS writes -9999): the magnitude cuts remove these.
-        bad_u = rng.random(n) < 0.005
-        out["modelMag_u"] = np.where(bad_u, MISSING, out["modelMag_u"])
-        out["modelMagErr_u"] = np.where(bad_u, MISSING, out["modelMagErr_u"])
-        # Sizes as SDSS measures them (seeing-broadened, light-weighted mix of components).
-        re_disk = re_disk_kpc * arcsec_per_kpc
-        re_bulge = re_bulge_kpc * arcsec_per_kpc
-        r50 = np.sqrt((bt * re_bulge + (1 - bt) * re_disk) ** 2 + (0.5 * cfg.psf_fwhm) ** 2)
-        out["petroR50_r"] = r50 * 10 ** rng.normal(0, 0.03, n)
-        concentration = 2.3 + 0.8 * bt * (n_bulge / 4)
-        out["petroR90_r"] = out["petroR50_r"] * concentration * 10 ** rng.normal(0, 0.03, n)
-
-        # Metallicity: what the image can show, then what it cannot, then the measurement.
-        oh_mean = (
-            tremonti_mmr(x)
-            + cfg.fmr_slope * dsfr
-            + cfg.size_slope * dlog_size
-            + cfg.bulge_slope * bt_offset
-        )
-        oh_true = oh_mean + rng.normal(0, cfg.oh_hidden_scatter, n)
-        faintness = np.clip((out["petroMag_r"] - 14.5) / (cfg.r_limit - 14.5), 0, 1)
-        oh_err = cfg.oh_error_bright + (cfg.oh_error_faint - cfg.oh_error_bright) * faintness
-        oh_p50 = oh_true + rng.normal(0, 1, n) * oh_err
-        # Emission-line class: quenched galaxies have no usable lines, AGN/composites
-        # become common at high mass; neither has a metallicity in MPA-JHU.
-        agn = ~quenched & (rng.random(n) < 0.03 + 0.3 / (1 + np.exp(-(x - 10.6) / 0.3)))
-        bpt = np.where(quenched, -1, np.where(agn, rng.choice([3, 4], n), 1))
-        has_oh = bpt == 1
-        out["oh_p50"] = np.where(has_oh, oh_p50, MISSING)
-        out["oh_p16"] = np.where(has_oh, oh_p50 - oh_err * np.exp(rng.normal(0, 0.1, n)), MISSING)
-        out["oh_p84"] = np.where(has_oh, oh_p50 + oh_err * np.exp(rng.normal(0, 0.1, n)), MISSING)
-        out["lgm_tot_p50"] = x + rng.normal(0, 0.08, n)
-        out["sfr_tot_p50"] = logsfr + rng.normal(0, np.where(quenched, 0.5, 0.2), n)
-        out["bptclass"] = bpt.astype(np.int64)
-
-        # Spectroscopic quality: a few bad redshifts and fits, as in any survey.
-        out["z"] = z
-        zerr = 10 ** rng.normal(-4.6, 0.3, n)
-        bad_z = rng.random(n) < 0.01
-        out["zErr"] = np.where(bad_z, rng.choice([-1.0, 0.0, 0.02], n), zerr)
-        out["rChi2"] = np.where(
-            rng.random(n) < 0.02, rng.uniform(2.0, 5.0, n), rng.uniform(0.7, 1.6, n)
-        )
-
-        latents = {
-            "logm": x,
-            "logsfr": logsfr,
-            "dsfr": dsfr,
-            "quenched": quenched,
-            "bt": bt,
-            "bt_offset": bt_offset,
-            "n_bulge": n_bulge,
-            "dlog_size": dlog_size,
-            "re_disk_kpc": re_disk_kpc,
-            "re_bulge_kpc": re_bulge_kpc,
-            "re_disk": re_disk,
-            "re_bulge": re_bulge,
-            "cos_i": cos_i,
-            "q_disk": q_disk,
-            "q_bulge": q_bulge,
-            "pa": pa,
-            "gr_disk": gr_disk,
-            "gr_bulge": gr_bulge,
-            "a_r": a_r,
-            "oh_mean": oh_mean,
-            "oh": oh_true,
-            "oh_err": oh_err,
-        }
-        out.update({f"true_{k}": v for k, v in latents.items()})
-        keep = out["petroMag_r"] < cfg.r_limit
-        return {k: v[keep] for k, v in out.items()}
 
     # -------------------------------------------------------------------- tables
     def catalog(self) -> Table:
@@ -404,8 +89,7 @@ class MockSky:
     # ----------------------------------------------------------------- rendering
     def in_footprint(self, ra: float, dec: float) -> bool:
         """Whether (ra, dec) [deg] lies inside the mock imaging footprint."""
-        ra0, ra1, dec0, dec1 = FOOTPRINT
-        return bool(ra0 <= ra % 360.0 <= ra1 and dec0 <= dec <= dec1)
+        return in_footprint(ra, dec)
 
     def render(
         self, ra: float, dec: float, scale: float = 0.296, width: int = 128, height: int = 128
@@ -414,171 +98,10 @@ class MockSky:
 
         North is up and east is left, as in SDSS cutouts; ``scale`` is arcsec per pixel.
         """
-        import galsim  # imported here so that reading catalogs does not need GalSim
-        from astropy.visualization import make_lupton_rgb
-
-        cfg = self.config
-        bands = {b: galsim.ImageF(width, height, scale=scale) for b in "gri"}
-        cx, cy = (width + 1) / 2, (height + 1) / 2
-        cos_dec = max(np.cos(np.radians(dec)), 1e-6)
-        half_deg = 0.5 * np.hypot(width, height) * scale / 3600 + 30 / 3600
-        psf = galsim.Kolmogorov(fwhm=cfg.psf_fwhm)
-        gsparams = galsim.GSParams(maximum_fft_size=8192)
-
-        def place(obj_ra: float, obj_dec: float) -> galsim.PositionD:
-            dra = ((obj_ra - ra + 180) % 360 - 180) * cos_dec
-            return galsim.PositionD(cx - dra * 3600 / scale, cy + (obj_dec - dec) * 3600 / scale)
-
-        def visible(pos: galsim.PositionD, extent_arcsec: float) -> bool:
-            margin = (extent_arcsec + 2 * cfg.psf_fwhm) / scale
-            return (
-                -margin <= pos.x <= width + 1 + margin and -margin <= pos.y <= height + 1 + margin
-            )
-
-        def add(profile, pos: galsim.PositionD, fluxes: dict[str, float]) -> None:
-            stamp = galsim.Convolve(profile, psf, gsparams=gsparams).drawImage(
-                scale=scale, center=pos
-            )
-            overlap = stamp.bounds & bands["r"].bounds
-            if overlap.isDefined():
-                for b, f in fluxes.items():
-                    bands[b][overlap] += f * stamp[overlap]
-
-        for row in self._galaxies_near(ra, dec, half_deg):
-            pos = place(row["ra"], row["dec"])
-            if not visible(pos, 4 * max(row["true_re_disk"], row["true_re_bulge"])):
-                continue
-            beta = row["true_pa"] * galsim.degrees
-            if row["true_bt"] > 0:
-                bulge = galsim.Sersic(
-                    n=row["true_n_bulge"], half_light_radius=max(row["true_re_bulge"], 0.05)
-                )
-                add(
-                    bulge.shear(q=row["true_q_bulge"], beta=beta),
-                    pos,
-                    {b: row[f"true_flux_bulge_{b}"] for b in "gri"},
-                )
-            if row["true_bt"] < 1:
-                disk = galsim.Exponential(half_light_radius=max(row["true_re_disk"], 0.05))
-                add(
-                    disk.shear(q=row["true_q_disk"], beta=beta),
-                    pos,
-                    {b: row[f"true_flux_disk_{b}"] for b in "gri"},
-                )
-        if half_deg < 0.5:  # field objects only where a cutout could show them
-            for kind, f_ra, f_dec, size, n_sersic, fluxes in self._field_objects(ra, dec, half_deg):
-                pos = place(f_ra, f_dec)
-                if not visible(pos, 4 * size):
-                    continue
-                if kind == "star":
-                    add(galsim.DeltaFunction(), pos, fluxes)
-                else:
-                    add(galsim.Sersic(n=n_sersic, half_light_radius=size), pos, fluxes)
-
-        noise_rng = np.random.default_rng(
-            [
-                self.seed,
-                2,
-                int(round((ra % 360) * 1e6)),
-                int(round((dec + 90) * 1e6)),
-                width,
-                height,
-                int(round(scale * 1e4)),
-            ]
-        )
-        arrays = {}
-        for (b, img), sigma in zip(bands.items(), cfg.sky_noise_nmgy, strict=True):
-            noise = sigma * scale / NATIVE_SCALE
-            # GalSim's row 0 is the bottom of the sky; images put north at the top.
-            arrays[b] = np.flipud(img.array) + noise_rng.normal(0, noise, img.array.shape)
-        wg, wr, wi = cfg.band_weights
-        rgb = make_lupton_rgb(
-            wi * arrays["i"],
-            wr * arrays["r"],
-            wg * arrays["g"],
-            minimum=0,
-            stretch=cfg.lupton_stretch,
-            Q=cfg.lupton_q,
-        )
-        rgb[~self._footprint_mask(ra, dec, scale, width, height)] = 0
-        return rgb
+        return self._renderer.render(ra, dec, scale, width, height)
 
     def cutout_jpeg(
         self, ra: float, dec: float, scale: float = 0.296, width: int = 128, height: int = 128
     ) -> bytes:
         """``render`` encoded as JPEG, as SkyServer's getjpeg returns it."""
-        return encode_jpeg(self.render(ra, dec, scale, width, height), self.config.jpeg_quality)
-
-    def _galaxies_near(self, ra: float, dec: float, radius_deg: float) -> Table:
-        lo, hi = np.searchsorted(self._dec_sorted, [dec - radius_deg, dec + radius_deg])
-        idx = self._dec_order[lo:hi]
-        pop_ra = np.asarray(self.population["ra"])[idx]
-        dra = ((pop_ra - ra + 180) % 360 - 180) * np.cos(np.radians(dec))
-        return self.population[idx[np.abs(dra) <= radius_deg]]
-
-    def _footprint_mask(
-        self, ra: float, dec: float, scale: float, width: int, height: int
-    ) -> np.ndarray:
-        ra0, ra1, dec0, dec1 = FOOTPRINT
-        y = (height - 1) / 2 - np.arange(height)  # row 0 is north
-        x = np.arange(width) - (width - 1) / 2
-        pix_dec = dec + y[:, None] * scale / 3600
-        pix_ra = ra - x[None, :] * scale / 3600 / np.maximum(np.cos(np.radians(pix_dec)), 1e-6)
-        pix_ra %= 360
-        return (pix_ra >= ra0) & (pix_ra <= ra1) & (pix_dec >= dec0) & (pix_dec <= dec1)
-
-    def _field_objects(self, ra: float, dec: float, radius_deg: float):
-        """Faint galaxies and stars, the same for every cutout: drawn per 0.02 deg cell."""
-        cell = 0.02
-        area = cell * cell  # deg^2 in (ra cos dec, dec) cells
-        cos_dec = max(np.cos(np.radians(dec)), 1e-3)
-        j0, j1 = int(np.floor((dec - radius_deg) / cell)), int(np.floor((dec + radius_deg) / cell))
-        ra_half = radius_deg / cos_dec
-        for j in range(j0, j1 + 1):
-            i0 = int(np.floor((ra - ra_half) * cos_dec / cell))
-            i1 = int(np.floor((ra + ra_half) * cos_dec / cell))
-            for i in range(i0, i1 + 1):
-                rng = np.random.default_rng([self.seed, 3, i + 10**7, j + 10**7])
-                for kind, density in (
-                    ("galaxy", self.config.field_galaxies_per_deg2),
-                    ("star", self.config.field_stars_per_deg2),
-                ):
-                    for _ in range(rng.poisson(density * area)):
-                        f_ra = (i + rng.random()) * cell / cos_dec
-                        f_dec = (j + rng.random()) * cell
-                        if kind == "star":
-                            r = rng.uniform(14.0, 21.5)
-                            gr, size, n_sersic = rng.uniform(0.3, 1.4), 0.0, 0.0
-                        else:
-                            r = 21.5 - 4.5 * rng.random() ** 2.2  # many more faint ones
-                            gr, size = rng.uniform(0.3, 1.2), rng.uniform(0.4, 2.5)
-                            n_sersic = float(rng.choice([1.0, 4.0]))
-                        col = _colours(np.asarray(gr))
-                        fluxes = {b: float(_nmgy(r + col[b])) for b in "gri"}
-                        yield kind, f_ra, f_dec, size, n_sersic, fluxes
-
-
-def sample_cuts(pop: Table | dict, with_mass: bool = False) -> np.ndarray:
-    """The paper's sample selection (DESIGN.md) as a boolean mask over rows."""
-
-    def col(name: str) -> np.ndarray:
-        return np.asarray(pop[name], dtype=float)
-
-    u_r = col("modelMag_u") - col("modelMag_r")
-    ok = (col("petroMag_r") > 10) & (col("petroMag_r") < 18) & (u_r > 0) & (u_r < 6)
-    for b in BANDS:
-        ok &= (col(f"modelMag_{b}") > 10) & (col(f"modelMag_{b}") < 25)
-    ok &= (col("rChi2") < 2) & (col("zErr") > 0) & (col("zErr") < 0.01) & (col("z") > 0.02)
-    ok &= col("oh_p50") != MISSING
-    if with_mass:
-        ok &= col("lgm_tot_p50") > 0
-    return ok
-
-
-def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
-    """Encode an RGB uint8 array as JPEG bytes."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(rgb, mode="RGB").save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
+        return self._renderer.cutout_jpeg(ra, dec, scale, width, height)
