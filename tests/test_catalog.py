@@ -54,7 +54,7 @@ def test_build_query_has_every_cut():
     assert "lgm_tot_p50 > 0" not in q
     # Paging by objID, and the joins of the design.
     assert "p.objID > 1237645876861272064" in q
-    assert q.endswith("ORDER BY p.objID")
+    assert q.endswith("ORDER BY p.objID, s.zErr")
     assert "FROM Galaxy AS p" in q
     assert "JOIN SpecObj AS s ON s.bestObjID = p.objID" in q
     assert "JOIN GalSpecInfo AS i ON i.specObjID = s.specObjID" in q

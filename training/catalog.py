@@ -6,7 +6,13 @@ The query joins the photometric galaxies (``Galaxy``) with their spectra (``Spec
 them. SkyServer returns at most 500,000 rows per query and has a time limit, so the query
 is paged by objID (``p.objID > last ORDER BY p.objID``) until a page comes back short or
 ``--limit`` rows are in. The output CSV has exactly the columns
-``training.sample.CATALOG_COLUMNS``.
+``training.sample.CATALOG_COLUMNS``, one row per objID.
+
+Two science-primary spectra can share one ``bestObjID`` (a galaxy observed twice): both
+rows come back, and both would map to one ``{objID}.jpg``. Rows are ordered by objID and
+then by redshift error, and the first row of each objID is kept: the spectrum with the
+smallest ``zErr``. The order makes the choice the same whatever the paging; the number of
+rows dropped is reported.
 """
 
 from __future__ import annotations
@@ -58,7 +64,8 @@ def build_query(after_objid: int, top: int, with_mass: bool = False) -> str:
         "  JOIN GalSpecInfo AS i ON i.specObjID = s.specObjID\n"
         "  JOIN GalSpecExtra AS e ON e.specObjID = s.specObjID\n"
         f"WHERE {where}\n"
-        "ORDER BY p.objID"
+        # The best-measured spectrum first among rows sharing an objID (see the module).
+        "ORDER BY p.objID, s.zErr"
     )
 
 
@@ -101,26 +108,39 @@ async def fetch_catalog(
     with_mass: bool = False,
     progress: tqdm | None = None,
 ) -> Table:
-    """Page through the sample-selection query; return up to ``limit`` rows in objID order."""
+    """Page through the sample-selection query; return up to ``limit`` rows in objID order,
+    one per objID (``table.meta["duplicates_dropped"]`` counts the others)."""
     pages: list[Table] = []
-    total, last, queries = 0, 0, 0  # SDSS objIDs are positive
+    total, last, queries, dropped = 0, 0, 0, 0  # SDSS objIDs are positive
     while limit is None or total < limit:
         top = page_size if limit is None else min(page_size, limit - total)
         page = await client.sql(build_query(last, top, with_mass))
         queries += 1
-        if len(page):
+        fetched = len(page)
+        if fetched:
             page = _standard_columns(page)
+            last = int(page["objID"][-1])
+            objids = np.asarray(page["objID"], dtype=np.int64)
+            # Rows come in objID order, so a duplicate follows its first row; the page
+            # before may end with the same objID.
+            first = np.ones(fetched, dtype=bool)
+            first[1:] = objids[1:] != objids[:-1]
+            if pages and objids[0] == int(pages[-1]["objID"][-1]):
+                first[0] = False
+            dropped += int((~first).sum())
+            page = page[first]
             pages.append(page)
             total += len(page)
-            last = int(page["objID"][-1])
         if progress is not None:
             progress.update(len(page))
-            progress.set_postfix(queries=queries)
-        if len(page) < top:
+            progress.set_postfix(queries=queries, duplicates=dropped)
+        if fetched < top:
             break
-    if not pages:
-        return _empty_catalog()
-    return vstack(pages, join_type="exact", metadata_conflicts="silent")
+    table = (
+        vstack(pages, join_type="exact", metadata_conflicts="silent") if pages else _empty_catalog()
+    )
+    table.meta["duplicates_dropped"] = dropped
+    return table
 
 
 def _empty_catalog() -> Table:
@@ -191,6 +211,15 @@ def main(args: argparse.Namespace) -> int:
                 )
 
     table = asyncio.run(run())
+    dropped = table.meta.pop("duplicates_dropped", 0)
     write_catalog(table, args.out)
-    print(f"wrote {len(table)} galaxies to {args.out}", file=sys.stderr)
+    print(
+        f"wrote {len(table)} galaxies to {args.out}"
+        + (
+            f" ({dropped} duplicate spectra of the same objID dropped: kept the smallest zErr)"
+            if dropped
+            else ""
+        ),
+        file=sys.stderr,
+    )
     return 0
