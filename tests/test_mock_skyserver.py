@@ -77,12 +77,20 @@ def test_getjpeg_galaxy_is_brighter_at_the_centre(mock_sky, mock_skyserver):
     assert centre > image[:16, :16].mean() + 100  # a corner, off the galaxy
 
 
-def test_getjpeg_off_footprint_is_near_black(mock_skyserver):
+def test_getjpeg_off_footprint_is_a_404_with_a_jpeg_body(mock_skyserver):
+    """As current SkyServerWS answers: the error drawn on an image, with HTTP 404."""
     r = httpx.get(mock_skyserver + JPEG, params={"ra": 10.0, "dec": -30.0, "scale": 0.296})
+    assert r.status_code == 404
+    assert r.headers["content-type"] == "image/jpeg"
+    assert pixels(r.content).shape == (128, 128, 3)
+
+
+def test_getjpeg_off_footprint_near_black_as_older_skyservers(mock_sky):
+    with serve_in_thread(create_app(mock_sky, off_footprint="black")) as url:
+        r = httpx.get(url + JPEG, params={"ra": 10.0, "dec": -30.0, "scale": 0.296})
     assert r.status_code == 200
     assert r.headers["content-type"] == "image/jpeg"
-    image = pixels(r.content)
-    assert np.percentile(image, 99) < 16
+    assert np.percentile(pixels(r.content), 99) < 16
     assert is_blank(r.content)
 
 

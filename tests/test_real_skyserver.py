@@ -164,3 +164,112 @@ def test_the_client_pauses_nothing_else_while_sql_runs():
             return await asyncio.gather(*(sky.sql("SELECT 1 AS a") for _ in range(3)))
 
     assert [int(t["a"][0]) for t in run(go())] == [1, 1, 1]
+
+
+# ---------------------------------------------------------------------------- over real HTTP
+# The mock SkyServer reproduces each behaviour; the commands meet them as they would the
+# real service.
+def test_download_lists_an_off_footprint_404_as_blank(tmp_path, capsys, mock_sky, mock_skyserver):
+    from galmet.cli import main
+
+    catalog = tmp_path / "catalog.csv"
+    row = mock_sky.catalog()[0]
+    catalog.write_text(f"objID,ra,dec\n1,10.0,-30.0\n{row['objID']},{row['ra']},{row['dec']}\n")
+    code = main(["download", "--catalog", str(catalog), "--out", str(tmp_path / "dl"),
+                 "--skyserver", mock_skyserver, "--size", "64"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0, err
+    blank = (tmp_path / "dl" / "blank.csv").read_text().splitlines()
+    failed = (tmp_path / "dl" / "failed.csv").read_text().splitlines()
+    assert blank == ["objID,ra,dec", "1,10.0,-30.0"] and failed == ["objID,ra,dec,reason"]
+    assert (tmp_path / "dl" / "images" / f"{row['objID']}.jpg").exists()
+
+
+def test_catalog_prints_a_refused_query_in_one_line(tmp_path, capsys, mock_skyserver):
+    from galmet.cli import main
+    from galmet.training.mock_skyserver import MAX_ROWS
+
+    code = main(["catalog", "--out", str(tmp_path / "c.csv"), "--skyserver", mock_skyserver,
+                 "--page-size", str(MAX_ROWS), "--retries", "3"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0, err  # the largest page SkyServer allows is accepted
+    small = create_mock_app_with_rows(max_rows=50)
+    with small as url:
+        reset(url)
+        code = main(["catalog", "--out", str(tmp_path / "d.csv"), "--skyserver", url,
+                     "--page-size", "60", "--retries", "3"])  # fmt: skip
+        assert sql_count(url) == 1  # refused once, not retried
+    errors = [line for line in capsys.readouterr().err.splitlines() if "galmet: error" in line]
+    assert code == 2 and len(errors) == 1
+    assert "SkyServer refused the SQL query: Query error: TOP 60 asks for more rows" in errors[0]
+
+
+def test_a_sql_timeout_is_not_retried_over_http(mock_sky):
+    from galmet.skyserver import SkyServerClient
+    from galmet.training.mock_skyserver import Faults, create_app, serve_in_thread
+
+    faults = Faults(timeout_rate=1.0, hang_seconds=1.0, only="sqlsearch")
+    with serve_in_thread(create_app(mock_sky, faults=faults)) as url:
+        reset(url)
+
+        async def go():
+            async with SkyServerClient(url, retries=3, sql_timeout=0.2, rate=None) as sky:
+                await sky.sql("SELECT TOP 1 objID FROM Galaxy")
+
+        with pytest.raises(SkyServerTimeout):
+            asyncio.run(go())
+        assert sql_count(url) == 1
+
+
+def test_duplicate_objids_across_a_page_boundary_give_one_row_each(tmp_path, capsys, mock_sky):
+    from astropy.table import Table
+
+    from galmet.cli import main
+    from galmet.training.mock_skyserver import create_app, serve_in_thread
+
+    with serve_in_thread(create_app(mock_sky, duplicate_every=3)) as url:
+        # Pages of 7 rows with every third galaxy twice: boundaries fall between duplicates.
+        code = main(["catalog", "--out", str(tmp_path / "c.csv"), "--skyserver", url,
+                     "--page-size", "7"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0, err
+    got = Table.read(tmp_path / "c.csv", format="ascii.csv")
+    want = mock_sky.catalog()
+    assert list(got["objID"]) == list(want["objID"])  # one row per objID, none lost
+    np.testing.assert_array_equal(got["zErr"], want["zErr"])  # the better spectrum kept
+    assert "duplicate spectra of the same objID dropped" in err
+
+
+def test_identification_runs_in_the_mocks_sql_engine(mock_sky, mock_skyserver):
+    from galmet.skyserver import SkyServerClient
+
+    row = mock_sky.catalog()[3]
+    ra, dec = float(row["ra"]), float(row["dec"])
+    off = (ra + 2.0 / 3600 / np.cos(np.radians(dec)), dec)  # 2″ east
+
+    async def go():
+        async with SkyServerClient(mock_skyserver, rate=None) as sky:
+            return await nearest_objects(sky, [off, (150.0, 85.0)], radius_arcsec=3)
+
+    found, empty = run(go())
+    assert empty is None
+    assert found.objID == int(row["objID"]) and found.is_galaxy
+    assert found.separation_arcsec == pytest.approx(2.0, abs=0.01)
+    assert (found.ra, found.dec) == pytest.approx((ra, dec))
+    assert found.petroR90_r == pytest.approx(float(row["petroR90_r"]))
+
+
+# helpers for the tests over HTTP
+def reset(url: str) -> None:
+    httpx.post(url.rsplit("/", 1)[0] + "/mock/reset")
+
+
+def sql_count(url: str) -> int:
+    return httpx.get(url.rsplit("/", 1)[0] + "/mock/stats").json()["sqlsearch"]
+
+
+def create_mock_app_with_rows(max_rows: int):
+    from galmet.training.mock_skyserver import create_app, serve_in_thread
+    from galmet.training.mocksky import MockSky
+
+    return serve_in_thread(create_app(MockSky(20, seed=5), max_rows=max_rows))

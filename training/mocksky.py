@@ -105,3 +105,8 @@ class MockSky:
     ) -> bytes:
         """``render`` encoded as JPEG, as SkyServer's getjpeg returns it."""
         return self._renderer.cutout_jpeg(ra, dec, scale, width, height)
+
+    def field_objects(self, ra: float, dec: float, radius_deg: float):
+        """The field galaxies and stars the cutouts draw near (ra, dec): (kind, ra, dec,
+        half-light radius ", Sérsic n, g/r/i fluxes in nmgy), the same on every call."""
+        return self._renderer._field_objects(ra, dec, radius_deg)

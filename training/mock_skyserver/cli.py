@@ -59,6 +59,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout-rate", type=float, default=0.0, help="fraction of requests that hang for 30 s"
     )
+    parser.add_argument(
+        "--faults-only",
+        choices=["getjpeg", "sqlsearch"],
+        default=None,
+        help="apply the faults above to one endpoint only (e.g. SQL down, cutouts up)",
+    )
+    parser.add_argument(
+        "--off-footprint",
+        choices=["404", "black"],
+        default="404",
+        help="answer cutouts off the imaging as current SkyServer does (404 with a JPEG, the "
+        "default) or as older versions did (a near-black 200)",
+    )
+    parser.add_argument(
+        "--duplicate-every",
+        type=int,
+        default=0,
+        help="give every k-th galaxy a second science-primary spectrum, as SDSS has for "
+        "galaxies observed twice (default 0: none)",
+    )
 
 
 def load_sky(data: Path | None, n: int, seed: int) -> Any:
@@ -89,17 +109,29 @@ def main(args: argparse.Namespace) -> int:
         truncate_rate=args.truncate_rate,
         timeout_rate=args.timeout_rate,
         seed=args.seed,
+        only=args.faults_only,
     )
+    if args.duplicate_every < 0:
+        raise GalmetError(f"--duplicate-every must be 0 or more, got {args.duplicate_every}")
     # Take the port before the (slower) sky is built, so a busy port fails at once.
     try:
         sock = bind_socket(args.host, args.port)
     except OSError as exc:
         raise GalmetError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
     port = sock.getsockname()[1]
-    print("building the mock sky ...", file=sys.stderr)
+    if args.data is None:
+        print(f"building a mock sky of {args.n} galaxies (seed {args.seed}) ...", file=sys.stderr)
+    else:
+        print(f"loading the mock sky of {args.data} ...", file=sys.stderr)
     try:
         sky = load_sky(args.data, args.n, args.seed)
-        app = create_app(sky, faults=faults, cutout_cache=args.cutout_cache)
+        app = create_app(
+            sky,
+            faults=faults,
+            cutout_cache=args.cutout_cache,
+            off_footprint=args.off_footprint,
+            duplicate_every=args.duplicate_every,
+        )
     except BaseException:
         sock.close()
         raise

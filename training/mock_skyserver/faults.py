@@ -27,6 +27,8 @@ class Faults:
     to every answer. ``truncate_rate``: JPEG answers cut to half their length (with a
     matching Content-Length). ``timeout_rate``: requests that hang ``hang_seconds`` before
     answering, far longer than a sane client timeout. ``seed`` makes the draws repeatable.
+    ``only`` limits the faults to one endpoint (``getjpeg`` or ``sqlsearch``): e.g. SQL down
+    while the cutouts are served.
     """
 
     fail_rate: float = 0.0
@@ -35,6 +37,7 @@ class Faults:
     timeout_rate: float = 0.0
     hang_seconds: float = 30.0
     seed: int = 0
+    only: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("fail_rate", "truncate_rate", "timeout_rate"):
@@ -43,6 +46,8 @@ class Faults:
                 raise GalmetError(f"{name.replace('_', '-')} must be in [0, 1], got {value}")
         if self.latency < 0 or self.hang_seconds < 0:
             raise GalmetError("latency and hang time must not be negative")
+        if self.only not in (None, "getjpeg", "sqlsearch"):
+            raise GalmetError(f"faults apply to getjpeg or sqlsearch, not {self.only!r}")
 
 
 _INJECTED_500 = (
@@ -78,6 +83,8 @@ class MockState:
         key = str(request.url.path) + "?" + str(request.url.query)
         attempt = self.attempts[key]
         self.attempts[key] += 1
+        if faults.only not in (None, endpoint):
+            return None, False
         if faults.latency:
             await asyncio.sleep(faults.latency)
         if faults.timeout_rate and self.draw("timeout", key, attempt) < faults.timeout_rate:

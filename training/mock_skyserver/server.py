@@ -6,20 +6,23 @@ It answers the two SkyServer web-service calls galmet makes, in the real formats
 ``GET /{release}/SkyServerWS/ImgCutout/getjpeg?ra=&dec=&scale=&width=&height=&opt=``
     ``image/jpeg`` from :meth:`MockSky.cutout_jpeg`. Defaults as the real service:
     ``scale=0.396127`` arcsec/px, ``width=height=128``; ``opt`` (overlays) is accepted and
-    ignored. Outside the footprint the mock renders its near-black frame, served with 200 as
-    the real service does. ``ra``/``dec`` may be decimal degrees or sexagesimal (``hh:mm:ss``,
-    ``dd:mm:ss``) as in the real service.
+    ignored. Centred outside the imaging footprint, the answer is what current SkyServerWS
+    sends: HTTP 404 with a JPEG body, the error drawn on an image (``off_footprint="black"``:
+    older SkyServer's near-black frame with 200). ``ra``/``dec`` may be decimal degrees or
+    sexagesimal (``hh:mm:ss``, ``dd:mm:ss``) as in the real service.
 
 ``GET /{release}/SkyServerWS/SearchTools/SqlSearch?cmd=<SQL>&format=csv``
     The query runs for real on an in-memory SQLite copy of the mock population, laid out
     with SkyServer's table names (``PhotoObjAll``/``PhotoObj``/``PhotoPrimary``/``Galaxy``/
     ``Star``, ``SpecObjAll``/``SpecObj``, ``GalSpecInfo``, ``GalSpecExtra``, ``GalSpecLine``).
-    The T-SQL our queries use is translated: ``SELECT [DISTINCT] TOP n`` becomes
-    ``LIMIT n`` and ``dbo.`` prefixes are dropped; other T-SQL (functions such as
-    ``dbo.fGetNearbyObjEq``, ``TOP`` inside sub-queries) is not supported and fails as a
-    SQL error would. The body is ``#Table1``, a header row, then CSV rows, ``text/plain``.
-    At most ``max_rows`` (500,000) rows are returned; longer results are cut silently.
-    The database is read-only.
+    The T-SQL our queries use is translated (``sql.translate_tsql``): ``SELECT [DISTINCT] TOP
+    n`` becomes ``LIMIT n``, ``dbo.`` prefixes are dropped, ``CROSS APPLY`` with the
+    positional functions ``fGetNearestObjEq``/``fGetNearbyObjEq`` (real table-valued functions
+    of the engine, ``objects.py``) and named ``VALUES`` lists work; other T-SQL fails as a SQL
+    error would. The body is ``#Table1``, a header row, then CSV rows, ``text/plain``. At most
+    ``max_rows`` (500,000) rows are returned; longer results are cut silently, but a ``TOP``
+    above the limit is refused as SkyServer refuses it: a 200 CSV whose one column is
+    ``error_message``. The database is read-only.
 
 How this mirrors the real service, from the SkyServer web-service source
 (github.com/sciserver/SkyServerWS, ``Sciserver_webService``):
@@ -57,7 +60,6 @@ import functools
 import math
 import os
 import re
-import sqlite3
 from typing import Any
 
 import anyio.to_thread
@@ -68,7 +70,8 @@ from starlette.routing import Route
 
 from galmet.skyserver import MAX_SIZE, MIN_SIZE
 from galmet.training.mock_skyserver.faults import Faults, MockState
-from galmet.training.mock_skyserver.sql import MAX_ROWS, SkySQL, csv_table
+from galmet.training.mock_skyserver.objects import field_rows
+from galmet.training.mock_skyserver.sql import MAX_ROWS, TOP, SkySQL, SQLError, csv_table
 
 #: Default cutout parameters of the real getjpeg.
 DEFAULT_SCALE = 0.396127
@@ -135,6 +138,8 @@ def create_app(
     max_rows: int = MAX_ROWS,
     render_threads: int | None = None,
     cutout_cache: int = 0,
+    off_footprint: str = "404",
+    duplicate_every: int = 0,
 ) -> Starlette:
     """The mock SkyServer as an ASGI app serving ``sky`` (a :class:`MockSky`; the SQL side
     needs only its ``population``).
@@ -143,11 +148,21 @@ def create_app(
     ``render_threads`` bounds how many render at once (default: the CPU count).
     ``max_rows`` is the row limit of one SQL query. ``cutout_cache`` keeps that many rendered
     cutouts in memory (rendering is deterministic), so that a benchmark that asks for the same
-    cutouts again measures the client, not GalSim.
+    cutouts again measures the client, not GalSim. ``off_footprint``: ``404`` (current
+    SkyServer) or ``black`` (older). ``duplicate_every``: every k-th galaxy has a second
+    science-primary spectrum (0: none).
     """
+    if off_footprint not in ("404", "black"):
+        raise ValueError(f"off_footprint must be 404 or black, not {off_footprint!r}")
     faults = faults or Faults()
     state = MockState(faults)
-    db = SkySQL(sky.population, max_rows=max_rows)
+    sample = sky.population[sky.in_sample] if hasattr(sky, "in_sample") else sky.population
+    db = SkySQL(
+        sky.population,
+        max_rows=max_rows,
+        field=field_rows(sky, sample),
+        duplicate_every=duplicate_every,
+    )
     limiter = anyio.CapacityLimiter(render_threads or os.cpu_count() or 4)
 
     def render(*args: Any) -> bytes:  # looked up per call: a SQL-only sky has no images
@@ -174,6 +189,14 @@ def create_app(
                 raise _BadParameter(f"scale must be in [{MIN_SCALE}, {MAX_SCALE}].")
         except _BadParameter as exc:
             return skyserver_error(400, str(exc), state.requests.total())
+        if (
+            off_footprint == "404"
+            and hasattr(sky, "in_footprint")
+            and not sky.in_footprint(ra, dec)
+        ):
+            return Response(
+                _off_footprint_image(ra, dec, width, height), 404, media_type="image/jpeg"
+            )
         jpeg = await anyio.to_thread.run_sync(
             render, ra, dec, scale, width, height, limiter=limiter
         )
@@ -199,9 +222,17 @@ def create_app(
             return skyserver_error(
                 400, f"mock-skyserver only answers format=csv, not {fmt!r}.", log_id
             )
+        top = TOP.match(cmd.strip())
+        if top and int(top.group(2)) > db.max_rows:
+            # SkyServer's own refusal: a normal CSV answer whose one column is the reason.
+            reason = (
+                f"Query error: TOP {int(top.group(2))} asks for more rows than the limit of "
+                f"{db.max_rows} per query"
+            )
+            return Response(csv_table(["error_message"], [(reason,)]), media_type="text/plain")
         try:
             body = await anyio.to_thread.run_sync(lambda: csv_table(*db.query(cmd)))
-        except (sqlite3.Error, ValueError, OverflowError) as exc:
+        except (SQLError, ValueError, OverflowError) as exc:
             return skyserver_error(500, f"SQL error: {exc}", log_id)
         return Response(body, media_type="text/plain")
 
@@ -226,3 +257,19 @@ def create_app(
     app.state.mock = state
     app.state.sql = db
     return app
+
+
+@functools.lru_cache(maxsize=64)
+def _off_footprint_image(ra: float, dec: float, width: int, height: int) -> bytes:
+    """What SkyServer sends with its 404 off the imaging: its message drawn on an image."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (width, height), (0, 0, 0))
+    draw = ImageDraw.Draw(image)
+    draw.text((4, height // 2 - 12), "No imaging", fill=(255, 80, 80))
+    draw.text((4, height // 2), f"{ra:.4f} {dec:+.4f}", fill=(255, 80, 80))
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
