@@ -210,5 +210,9 @@ def results_votable(rows: Iterable[dict[str, Any]], meta: dict[str, Any]) -> byt
     out = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # W50 for "dex", which VOUnit does not list
-        votable.to_xml(out)
+        # The pure-Python TABLEDATA writer: astropy's C writer overflows its row buffer by
+        # one byte for some rows (astropy issue #20419, open in 8.0), corrupting the heap
+        # and crashing the service later at a random point. A one-row reproduction is in
+        # tests/test_results.py.
+        votable.to_xml(out, _debug_python_based_parser=True)
     return out.getvalue()

@@ -192,3 +192,32 @@ def test_votable_results_can_be_submitted_again_as_targets() -> None:
     ]
     assert rows[2].error == "row 3: ra is missing; dec is missing"
     assert rows[1].id == ROWS[1]["id"]
+
+
+def test_votable_writing_does_not_corrupt_memory():
+    """A row that made astropy's C TABLEDATA writer overflow its buffer by one byte (astropy
+    issue #20419): under Python's debug allocator the overflow aborts the process."""
+    import subprocess
+    import sys
+
+    row = {
+        "row": 6, "id": "g4", "ra": 200.65041093997158, "dec": 26.36723619324131,
+        "status": "done", "objID": 1237645876944405820, "type": 3,
+        "separation_arcsec": 0.0030735851265057375, "oh_p50": 9.002483815327286,
+        "oh_sigma": 0.10000007152557373, "oh_p16": 8.902483743801712,
+        "oh_p84": 9.10248388685286, "log_mstar": 10.046652026474476,
+        "log_mstar_sigma": 0.5000000596046448, "oh_tta_spread": 0.00012120101600885392,
+        "cached": False, "flags": [], "reason": None,
+    }  # fmt: skip
+    code = (
+        "from galmet.app.results import results_votable\n"
+        f"row = {row!r}\n"
+        "for _ in range(3):\n"
+        "    assert b'1237645876944405820' in results_votable([row], {'id': 'x'})\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**__import__("os").environ, "PYTHONMALLOC": "debug"},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-1500:]
