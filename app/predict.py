@@ -97,11 +97,13 @@ def parse_dec(text: str) -> float:
 async def _fetch(url: str, ra: float, dec: float, size: int, scale: float, radius: float):
     """The SDSS object at (ra, dec) (or why it is unknown) and the cutout centred on it."""
     async with SkyServerClient(url) as client:
-        try:
-            (obj,) = await nearest_objects(client, [(ra, dec)], radius) if radius else (None,)
-            status, reason = ("found" if obj else "none") if radius else ("off", None)
-        except SkyServerError as exc:
-            obj, status, reason = None, "unknown", f"the SDSS object look-up failed: {exc.reason}"
+        obj, status, reason = None, "off", None
+        if radius:
+            try:
+                (obj,) = await nearest_objects(client, [(ra, dec)], radius)
+                status = "found" if obj is not None else "none"
+            except SkyServerError as exc:
+                status, reason = "unknown", f"the SDSS object look-up failed: {exc.reason}"
         centre = (obj.ra, obj.dec) if obj is not None else (ra, dec)
         cutout = await client.cutout(*centre, scale=scale, width=size, height=size)
         return obj, status, reason, cutout

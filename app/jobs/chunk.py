@@ -388,6 +388,10 @@ def _finish(session: Session, job_id: str, chunk: int, results: dict[int, _Resul
         .where(JobChunk.job_id == job_id, JobChunk.chunk == chunk)
         .values(finished_at=stamp, heartbeat_at=stamp)
     )
+    session.commit()
+    # Only after the commit: two chunks finishing together on PostgreSQL (read committed)
+    # would each count the other's rows as still queued inside their own transactions,
+    # and neither would close the job. The last chunk to commit sees every row answered.
     finished = close_job_if_done(session, job_id)
     session.commit()
     return finished
