@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import NoReturn
 
+import pytest
 import torch
 
 from galmet.model import Checkpoint, GalmetNet
+
+#: Set (to anything but "" or "0") by ``.ci/run``: a service a test needs (PostgreSQL, Redis,
+#: Chromium, a Docker Compose v2 client) that is missing fails the test instead of skipping it.
+REQUIRE_SERVICES = "GALMET_REQUIRE_SERVICES"
+
+
+def services_required() -> bool:
+    return os.environ.get(REQUIRE_SERVICES, "") not in ("", "0")
+
+
+def skip_or_fail(reason: str) -> NoReturn:
+    """Skip the test because a service it needs is missing (``reason`` says which and why),
+    or fail it under ``GALMET_REQUIRE_SERVICES=1``, where CI promises every service."""
+    if services_required():
+        pytest.fail(f"{reason} ({REQUIRE_SERVICES}=1: required here)", pytrace=False)
+    pytest.skip(reason)
 
 
 def tiny_checkpoint(n_out: int = 2, seed: int = 0, **fields) -> Checkpoint:

@@ -1,7 +1,8 @@
 """Batch jobs through Celery: the API over loopback, real ``galmet worker`` subprocesses,
 real Redis and PostgreSQL, the mock SkyServer; and the faults the design promises to survive.
 
-Skipped with the reason when PostgreSQL or Redis does not answer (``.ci/run`` starts both).
+Skipped with the reason when PostgreSQL or Redis does not answer (``.ci/run`` starts both, and
+sets ``GALMET_REQUIRE_SERVICES=1``, under which they fail instead).
 The Redis-restart test runs its own ``redis-server`` so it never restarts the shared one.
 """
 
@@ -23,7 +24,7 @@ import sqlalchemy as sa
 
 from galmet.training.mock_skyserver import Faults, serve_in_thread
 from galmet.training.mock_skyserver import create_app as create_mock
-from tests.helpers import service
+from tests.helpers import service, skip_or_fail
 from tests.test_jobs import API, mock_stats, results, submit, targets_csv, wait
 
 SHARED_REDIS = "redis://127.0.0.1:6379/15"  # a database number of its own, flushed per test
@@ -42,7 +43,7 @@ def redis_answers(url: str) -> bool:
 @pytest.fixture
 def broker() -> Iterator[str]:
     if not redis_answers(SHARED_REDIS):
-        pytest.skip(f"Redis does not answer at {SHARED_REDIS}")
+        skip_or_fail(f"Redis does not answer at {SHARED_REDIS}")
     import redis
 
     redis.Redis.from_url(SHARED_REDIS).flushdb()
@@ -232,7 +233,7 @@ def test_a_redis_restart_mid_job_loses_nothing(
 ):
     server = shutil.which("redis-server")
     if server is None:
-        pytest.skip("redis-server is not installed: cannot run a private Redis to restart")
+        skip_or_fail("redis-server is not installed: cannot run a private Redis to restart")
     port = free_port()
     command = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
                "no", "--dir", str(tmp_path)]  # fmt: skip
