@@ -16,7 +16,7 @@ from sqlalchemy.exc import OperationalError
 
 from galmet.app.db import normalize_url
 from galmet.training.mocksky import MockSky
-from tests.helpers import tiny_checkpoint
+from tests.helpers import skip_or_fail, tiny_checkpoint
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +54,8 @@ POSTGRES_URL = os.environ.get(
 
 @pytest.fixture(scope="session")
 def postgres_admin() -> Iterator[Engine]:
-    """An autocommit engine on the test server, for CREATE/DROP DATABASE; skips if none."""
+    """An autocommit engine on the test server, for CREATE/DROP DATABASE; skips if none
+    (fails under ``GALMET_REQUIRE_SERVICES=1``)."""
     engine = create_engine(
         normalize_url(POSTGRES_URL),
         isolation_level="AUTOCOMMIT",
@@ -64,9 +65,12 @@ def postgres_admin() -> Iterator[Engine]:
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
     except OperationalError as exc:
-        engine.dispose()
         reason = str(exc.orig).strip().splitlines()[0]
-        pytest.skip(f"PostgreSQL does not answer at {POSTGRES_URL}: {reason}")
+    else:
+        reason = None
+    if reason is not None:  # outside the except: a failure shows no chained traceback
+        engine.dispose()
+        skip_or_fail(f"PostgreSQL does not answer at {POSTGRES_URL}: {reason}")
     yield engine
     engine.dispose()
 

@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import NoReturn
 
+import pytest
 import torch
 
+from galmet.images import decode_image
 from galmet.model import Checkpoint, GalmetNet
+from galmet.predictor import Predictor, fetch_geometry
+from galmet.record import public_fields
+
+#: Set (to anything but "" or "0") by ``.ci/run``: a service a test needs (PostgreSQL, Redis,
+#: Chromium, a Docker Compose v2 client) that is missing fails the test instead of skipping it.
+REQUIRE_SERVICES = "GALMET_REQUIRE_SERVICES"
+
+
+def services_required() -> bool:
+    return os.environ.get(REQUIRE_SERVICES, "") not in ("", "0")
+
+
+def skip_or_fail(reason: str) -> NoReturn:
+    """Skip the test because a service it needs is missing (``reason`` says which and why),
+    or fail it under ``GALMET_REQUIRE_SERVICES=1``, where CI promises every service."""
+    if services_required():
+        pytest.fail(f"{reason} ({REQUIRE_SERVICES}=1: required here)", pytrace=False)
+    pytest.skip(reason)
 
 
 def tiny_checkpoint(n_out: int = 2, seed: int = 0, **fields) -> Checkpoint:
@@ -54,3 +76,20 @@ def service(tiny_model: Path, skyserver: str, database_url: str, tmp_path: Path,
 def galaxy(mock_sky, i: int = 0) -> tuple[float, float]:
     row = mock_sky.catalog()[i]
     return float(row["ra"]), float(row["dec"])
+
+
+def offline_predictions(model: Path, images: list[bytes], tta: int) -> list[dict]:
+    """The public fields (``galmet.record``) of a clean, offline prediction for each encoded
+    image: ``Predictor`` on ``decode_image`` at the model's input size, the one preprocessing
+    path of training; what the service and the workers must reproduce."""
+    predictor = Predictor(Checkpoint.load(model))
+    pixels = [decode_image(data, predictor.input_size) for data in images]
+    records = predictor.predict_arrays(pixels, tta)
+    return [public_fields(r["outputs"], r["sigma"], r["tta_spread"]) for r in records]
+
+
+def model_cutouts(model: Path, sky, positions: list[tuple[float, float]]) -> list[bytes]:
+    """The JPEGs SkyServer (the mock serving ``sky``) answers at ``positions`` for the cutout
+    the model asks for (``fetch_geometry``): the bytes a clean run of the model sees."""
+    size, scale = fetch_geometry(Checkpoint.load(model))
+    return [sky.cutout_jpeg(ra, dec, scale, size, size) for ra, dec in positions]

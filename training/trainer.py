@@ -239,6 +239,7 @@ class Trainer:
         )
         # Nothing in this loop reads a value back from the device (no .item(), no printing
         # of the loss): on a GPU the host queues work ahead and never waits for it.
+        first_lrs: list[float] = []
         for step in bar:
             part = distributed.local_batch(step, bs, len(perm), dist)
             x, y = self._batch(perm[part], perm_dev[part])
@@ -248,7 +249,8 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            last_lr = optimizer.param_groups[-1]["lr"]  # before a restart resets it
+            lrs = [g["lr"] for g in optimizer.param_groups]  # before a restart resets them
+            first_lrs = first_lrs or lrs
             scheduler.step()
             total += rmse.detach()
         # The epoch's one synchronisation: the mean RMSE over steps and ranks.
@@ -266,7 +268,11 @@ class Trainer:
             "train_loss": train_loss,
             "valid_loss": valid["loss"],
             "valid_rmse": valid["rmse"],
-            "lr": last_lr,  # of the head, at the epoch's last batch
+            "lr": lrs[-1],  # of the head, at the epoch's last batch
+            # Each optimiser group's rate (early body, late body, head; the head alone while
+            # the body is frozen) at the epoch's first and last batch: SGDR restarts show as a
+            # first rate back at the peak.
+            "group_lr": {"first": first_lrs, "last": lrs},
             "seconds": seconds,
             "images_per_second": images / seconds,  # over all ranks
         }
