@@ -1,8 +1,9 @@
 """The mock-sky demo model: what the service runs when no ``GALMET_MODEL`` is configured.
 
 A small ResNet-34 trained on the CPU on simulated galaxies (``training.simulate``), built
-once and cached as ``settings.cache_dir / "demo-<hash>.pt"``; the hash covers the demo
-settings and the recipe below, so changing either builds a new file. The checkpoint's
+once and cached as ``settings.cache_dir / "demo-<its sha256>.pt"``, found through
+``demo-settings-<hash>.json``; that hash covers the demo settings and the recipe below, so
+changing either builds a new file. The checkpoint's
 config says ``"demo": True`` and carries ``DEMO_NOTICE``, for the API to show.
 
 The images are made as the service will fetch them from SkyServer, 128 px cutouts at
@@ -28,14 +29,16 @@ from pathlib import Path
 from filelock import FileLock  # a dependency of torch; flock-based, so no stale locks
 
 from galmet.app.core.config import Settings
-from galmet.model import Checkpoint
+from galmet.files import atomic_write
+from galmet.model import Checkpoint, file_sha256
+from galmet.predictor import TTA_CPU
 
 DEMO_NOTICE = "mock-sky demo model: trained on simulated galaxies, not for science"
 
 #: Everything about the build besides the settings; part of the cache key. Bump
 #: ``version`` when the recipe changes in a way these values do not show.
 RECIPE = {
-    "version": 1,
+    "version": 2,
     "seed": 0,
     "image_size": 128,  # what the service fetches from SkyServer …
     "pixel_scale": 0.296,  # … at this scale (DESIGN.md)
@@ -43,7 +46,9 @@ RECIPE = {
     "lr": 1e-3,
     "batch_size": 64,
     "frozen_epochs": 1,
-    "tta": 2,  # test metrics at TTA 1 and 2 (sigma is calibrated at every level anyway)
+    # Test metrics at TTA 1 and at the level a CPU serves (sigma is calibrated at every
+    # level anyway); /models shows the served level's.
+    "tta": TTA_CPU,
 }
 
 # Measured on this project's 2-core CPU (idle apart from light jobs), for the "~N min"
@@ -76,11 +81,24 @@ def demo_key(settings: Settings) -> dict:
     } | RECIPE
 
 
-def demo_path(settings: Settings) -> Path:
-    """Where the demo model for these settings is cached."""
+def demo_index(settings: Settings) -> Path:
+    """The file that names the demo model built for these settings (``demo-settings-<hash of
+    the settings>.json``)."""
     text = json.dumps(demo_key(settings), sort_keys=True)
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    return Path(settings.cache_dir) / f"demo-{digest}.pt"
+    return Path(settings.cache_dir) / f"demo-settings-{digest}.json"
+
+
+def demo_path(settings: Settings) -> Path | None:
+    """The cached demo model for these settings, or None before it is built. The file is
+    named by its own SHA-256 (``demo-<sha256[:16]>.pt``), the model version the service
+    reports: one identity everywhere."""
+    index = demo_index(settings)
+    try:
+        path = index.parent / json.loads(index.read_text())["file"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return path if path.exists() else None
 
 
 def estimated_minutes(settings: Settings) -> float:
@@ -103,11 +121,13 @@ def demo_checkpoint(settings: Settings, progress: bool = True) -> Path:
     Blocks for minutes on a first build: call it before serving, or from a thread.
     """
     path = demo_path(settings)
-    if path.exists():
+    if path is not None:
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path.with_name(path.name + ".lock"))):
-        if path.exists():  # another process built it while we waited
+    index = demo_index(settings)
+    index.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(index.with_suffix(".lock"))):
+        path = demo_path(settings)
+        if path is not None:  # another process built it while we waited
             return path
         if progress:
             print(
@@ -121,13 +141,16 @@ def demo_checkpoint(settings: Settings, progress: bool = True) -> Path:
             devnull = quiet.enter_context(open(os.devnull, "w"))  # noqa: SIM115
             quiet.enter_context(contextlib.redirect_stdout(devnull))
             quiet.enter_context(contextlib.redirect_stderr(devnull))
-        with quiet, tempfile.TemporaryDirectory(prefix=".demo-build-", dir=path.parent) as tmp:
+        with quiet, tempfile.TemporaryDirectory(prefix=".demo-build-", dir=index.parent) as tmp:
             started = time.perf_counter()
             ck = _build(settings, Path(tmp))
             ck.metrics["build_seconds"] = time.perf_counter() - started
             staged = Path(tmp) / "demo.pt"
             ck.save(staged)
+            sha = file_sha256(staged)
+            path = index.parent / f"demo-{sha[:16]}.pt"
             os.replace(staged, path)  # same folder, so atomic
+            atomic_write(index, json.dumps({"file": path.name, "sha256": sha}) + "\n")
         if progress:
             print(f"demo model ready: {path}", file=sys.stderr, flush=True)
     return path

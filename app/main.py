@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from galmet.app.api.routes import info, jobs, metrics, predict, web
@@ -36,7 +37,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await runtime.aclose()
 
-    app = FastAPI(
+    # The docs pages' JavaScript and CSS come from the installed fastapi-offline package,
+    # not a CDN: /docs and /redoc work on an air-gapped cluster.
+    app = FastAPIOffline(
         title="galmet",
         version="0.1.0",
         summary="Gas-phase metallicity of galaxies from SDSS gri images (Wu & Boada 2019).",

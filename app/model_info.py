@@ -60,6 +60,7 @@ class LoadedModel:
             demo=self.demo,
             notice=self.notice,
             tta=self.tta,
+            served_test_metrics=(ck.metrics.get("results") or {}).get(f"tta{self.tta}"),
             device=str(self.device),
         )
 

@@ -23,12 +23,19 @@ from pathlib import Path
 import numpy as np
 
 from galmet import sky
-from galmet.d4 import TTA_LEVELS
+from galmet.d4 import TTA_LEVELS, TTA_LEVELS_TEXT, check_tta
 from galmet.errors import GalmetError
 from galmet.images import BadImage, centre_has_source, check_upload, decode_image
 from galmet.model import Checkpoint, file_sha256
 from galmet.objects import DEFAULT_RADIUS_ARCSEC, nearest_objects, object_flags
-from galmet.predictor import Predictor, fetch_geometry, training_geometry
+from galmet.predictor import (
+    TTA_CPU,
+    TTA_GPU,
+    Predictor,
+    default_tta,
+    fetch_geometry,
+    training_geometry,
+)
 from galmet.record import field_names, public_fields
 from galmet.skyserver import DEFAULT_SCALE, DEFAULT_SKYSERVER_URL, SkyServerClient, SkyServerError
 
@@ -71,7 +78,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "does (default: $GALMET_MATCH_RADIUS_ARCSEC, else "
         f"{DEFAULT_RADIUS_ARCSEC:g}; 0: no look-up)",
     )
-    parser.add_argument("--tta", type=int, choices=TTA_LEVELS, default=8, help="TTA copies (8)")
+    parser.add_argument(
+        "--targets",
+        type=Path,
+        help="a target list (CSV with ra, dec[, id], JSON or VOTable) run as a batch job in this "
+        "process, the service's way, without a server; results in FILE.galmet.csv (or --out)",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="with --targets: the results file (.csv, .json or .vot)"
+    )
+    parser.add_argument(
+        "--tta",
+        type=int,
+        choices=TTA_LEVELS,
+        default=None,
+        help=f"TTA copies (default: what the service uses, {TTA_CPU} on a CPU, "
+        f"{TTA_GPU} on a GPU, or $GALMET_TTA)",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
@@ -195,6 +218,8 @@ def format_table(recs: list[dict], outputs: list[str]) -> str:
 def main(args: argparse.Namespace) -> int:
     from galmet.device import pick_device
 
+    if args.targets is not None:
+        return _targets(args)
     by_coords = args.ra is not None or args.dec is not None
     if by_coords and args.images:
         raise GalmetError("give image files or --ra and --dec, not both")
@@ -216,11 +241,57 @@ def main(args: argparse.Namespace) -> int:
         sources = [read_source(path, ck.input_size, size) for path in args.images]
 
     predictor = Predictor(ck, device)
-    raw = predictor.predict_arrays([s.pixels for s in sources], args.tta)
-    recs = records(sources, raw, file_sha256(args.model), args.tta)
+    tta = default_tta(device, args.tta if args.tta is not None else _env_tta())
+    raw = predictor.predict_arrays([s.pixels for s in sources], tta)
+    notice = (ck.config or {}).get("notice") if (ck.config or {}).get("demo") else None
+    recs = records(sources, raw, file_sha256(args.model), tta)
+    if notice:
+        for rec in recs:
+            rec |= {"demo": True, "notice": notice}
     if args.json:
         print(json.dumps(recs, indent=2))
     else:
         print(format_table(recs, list(ck.outputs)))
-        print(f"(TTA {args.tta}; ± is the calibrated 1σ uncertainty; dex)")
+        print(f"(TTA {tta}; ± is the calibrated 1σ uncertainty; dex)")
+        if notice:
+            print(f"NOTE: {notice}")
+    return 0
+
+
+def _env_tta() -> int | None:
+    """``GALMET_TTA``, so that the command line answers as the service does."""
+    value = os.environ.get("GALMET_TTA")
+    if not value:
+        return None
+    try:
+        return check_tta(int(value))
+    except ValueError:
+        raise GalmetError(f"bad GALMET_TTA: must be {TTA_LEVELS_TEXT}, got {value!r}") from None
+
+
+def _targets(args: argparse.Namespace) -> int:
+    """``--targets``: the service's batch path, in this process (``galmet.app.local_jobs``)."""
+    from galmet.app import local_jobs
+    from galmet.app.core.config import checked_settings
+
+    if args.images or args.ra is not None or args.dec is not None:
+        raise GalmetError("give --targets, image files, or --ra and --dec: one of them")
+    if not args.targets.is_file():
+        raise GalmetError(f"{args.targets}: no such file")
+    if not args.model.is_file():
+        raise GalmetError(f"no model file {args.model}")
+    settings = checked_settings()
+    update = {"model": args.model, "device": args.device}
+    if args.tta is not None:
+        update["tta"] = args.tta
+    if args.skyserver:
+        update["skyserver_url"] = args.skyserver
+    settings = settings.model_copy(update=update)
+    out = local_jobs.output_path(args.targets, args.out)
+    status = local_jobs.run(settings, args.targets, out)
+    c = status["counts"]
+    print(
+        f"{c['done']} predicted, {c['failed']} failed, {c['invalid']} invalid "
+        f"(model {status['model_version'][:12]}, TTA {status['tta']}); results: {out}"
+    )
     return 0

@@ -4,7 +4,8 @@
 inference engine and the SkyServer client, and (in the API) the batch-job executor. The
 routes use its parts through ``galmet.app.api.deps``; a Celery worker process holds one too
 (``role="worker"``: no migrations, which the API or compose's migrate step applies and
-workers would race on, and no job executor).
+workers would race on, and no job executor). ``galmet predict --targets`` holds one with
+``role="local"``: migrations, no executor (it runs its job's chunks itself).
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ class Runtime:
     jobs: JobService | None  # None in a worker process
 
     @classmethod
-    async def start(cls, settings: Settings, role: Literal["api", "worker"] = "api") -> Runtime:
-        if role == "api":
+    async def start(
+        cls, settings: Settings, role: Literal["api", "worker", "local"] = "api"
+    ) -> Runtime:
+        if role != "worker":
             await to_thread.run_sync(database.upgrade, settings.database_url)
         db = database.Database(settings.database_url)
         model = await load_model(settings)

@@ -116,7 +116,11 @@ class ModelOut(BaseModel):
     test_metrics: dict
     demo: bool
     notice: str | None
-    tta: int
+    tta: int = Field(description="test-time augmentation copies this service averages")
+    served_test_metrics: dict | None = Field(
+        description="the test metrics at the TTA served (null where training did not measure "
+        "that level; test_metrics holds the levels it did)"
+    )
     device: str
 
 

@@ -344,13 +344,21 @@ def test_without_a_model_the_service_trains_and_serves_the_demo_model(
 ):
     tiny_demo = {"demo_galaxies": 60, "demo_size": 32, "demo_epochs": 1}
     db = f"sqlite:///{tmp_path}/demo.sqlite3"
-    with service(None, mock_skyserver, db, tmp_path, **tiny_demo) as api:
+    # tta=None: the CPU's default, the level the demo's test metrics were measured at.
+    with service(None, mock_skyserver, db, tmp_path, tta=None, **tiny_demo) as api:
         m = httpx.get(f"{api}{API}/models").json()
         assert m["demo"] is True and "not for science" in m["notice"]
         assert m["name"] == "mock-sky demo" and m["input_size"] == 32
-        assert list(tmp_path.glob("demo-*.pt")), "built into the cache dir"
+        # One identity: the file the service built is named by the version it reports.
+        (built,) = tmp_path.glob("demo-*.pt")
+        assert built.name == f"demo-{m['version'][:16]}.pt"
+        # The metrics shown are those of the TTA served.
+        assert m["tta"] == 4 and m["served_test_metrics"] is not None
+        assert m["served_test_metrics"] == m["test_metrics"]["results"]["tta4"]
         ra, dec = galaxy(mock_sky, 11)
         p = httpx.get(f"{api}{API}/predict", params={"ra": ra, "dec": dec}, timeout=60).json()
         assert p["demo"] is True and "not for science" in p["notice"]
+        assert p["model_version"] == m["version"] and p["tta"] == 4
         page = httpx.get(f"{api}/").text
-        assert "Demo model" in page and "not for science" in page
+        assert "Mock-sky demo model: trained on simulated galaxies, not for science" in page
+        assert page.lower().count("demo model") == 1  # the badge says it once

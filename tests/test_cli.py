@@ -58,3 +58,23 @@ def test_serve_refuses_an_unsupported_database(capsys, monkeypatch):
     monkeypatch.setenv("GALMET_DATABASE_URL", "not a url")
     assert main(["serve"]) == 2
     assert "bad GALMET_DATABASE_URL" in capsys.readouterr().err
+
+
+def test_every_train_option_says_what_it_does_and_its_default(capsys):
+    import argparse
+
+    from galmet.training.train import add_arguments
+
+    parser = argparse.ArgumentParser(prog="galmet train")
+    add_arguments(parser)
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        assert action.help, f"{action.option_strings[0]} has no description"
+        shown = parser.formatter_class(prog="x")._get_help_string(action)
+        if action.default not in (None, False):
+            assert "default" in shown, f"{action.option_strings[0]} hides its default"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert "--cycles CYCLES       SGDR cycles after unfreezing (default: 3)" in text

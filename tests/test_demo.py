@@ -7,8 +7,8 @@ import time
 import pytest
 
 from galmet.app.core.config import Settings
-from galmet.app.demo import DEMO_NOTICE, demo_checkpoint, demo_path, is_demo
-from galmet.model import Checkpoint
+from galmet.app.demo import DEMO_NOTICE, demo_checkpoint, demo_index, demo_path, is_demo
+from galmet.model import Checkpoint, file_sha256
 from galmet.predictor import Predictor
 
 
@@ -18,9 +18,11 @@ def tiny(tmp_path) -> Settings:
 
 
 def test_builds_once_and_caches(tiny, tmp_path):
+    assert demo_path(tiny) is None
     path = demo_checkpoint(tiny, progress=False)
     assert path == demo_path(tiny) and path.parent == tmp_path
-    assert path.name.startswith("demo-") and path.suffix == ".pt"
+    # One identity: the file is named by the model version (its SHA-256) the service reports.
+    assert path.name == f"demo-{file_sha256(path)[:16]}.pt"
     ck = Checkpoint.load(path)
     assert is_demo(ck) and is_demo(path)
     assert ck.config["notice"] == DEMO_NOTICE
@@ -29,7 +31,10 @@ def test_builds_once_and_caches(tiny, tmp_path):
     assert ck.sigma_scale  # calibrated
     assert Predictor(ck).predict_bytes([_jpeg()], tta=2).mean.shape == (1, 1)
     # Only the model is left behind: no build folder, no half-written file.
-    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name, path.name + ".lock"]
+    index = demo_index(tiny)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [path.name, index.name, index.with_suffix(".lock").name]
+    )
 
     mtime = path.stat().st_mtime_ns
     start = time.perf_counter()
@@ -39,12 +44,12 @@ def test_builds_once_and_caches(tiny, tmp_path):
 
 
 def test_settings_change_the_file(tiny):
-    paths = {demo_path(tiny)}
+    paths = {demo_index(tiny)}
     for change in ({"demo_galaxies": 61}, {"demo_size": 48}, {"demo_epochs": 2}):
-        paths.add(demo_path(tiny.model_copy(update=change)))
+        paths.add(demo_index(tiny.model_copy(update=change)))
     assert len(paths) == 4
     # Only the demo settings count.
-    assert demo_path(tiny.model_copy(update={"batch_size": 3})) == demo_path(tiny)
+    assert demo_index(tiny.model_copy(update={"batch_size": 3})) == demo_index(tiny)
 
 
 def test_other_checkpoints_are_not_demos():

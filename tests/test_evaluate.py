@@ -142,3 +142,61 @@ def test_evaluate_errors_are_one_line(mock, tmp_path, capsys):
     other = tmp_path / "other.pt"
     make_checkpoint(data, ["oh_p50", "sfr_xyz"]).save(other)
     assert "sfr_xyz" in run(other, data)
+
+
+def test_evaluate_all_of_a_download_folder_with_its_catalog(mock, tmp_path, capsys):
+    """A sample the model never saw, as `galmet download` leaves it (images/, and the
+    catalog elsewhere): --split all --catalog FILE."""
+    import shutil
+
+    data, model = mock
+    folder = tmp_path / "dl"
+    shutil.copytree(data / "images", folder / "images")
+    catalog = tmp_path / "sample.csv"
+    shutil.copy(data / "catalog.csv", catalog)
+    args = ["evaluate", "--model", str(model), "--data", str(folder), "--split", "all"]
+    assert galmet([*args, "--catalog", str(catalog), "--out", str(tmp_path / "ev")]) == 0
+    rec = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert rec["split"] == "all" and rec["n"] == len(select_rows(data, TARGETS)[0]) > 46
+    assert rec["demo"] is False and rec["notice"] is None
+
+
+def test_a_demo_models_evaluation_says_so(mock, tmp_path, capsys):
+    from PIL import Image
+
+    data, _ = mock
+    ck = make_checkpoint(data)
+    notice = "mock-sky demo model: trained on simulated galaxies, not for science"
+    ck.config |= {"demo": True, "notice": notice}
+    demo = tmp_path / "demo.pt"
+    ck.save(demo)
+    args = ["evaluate", "--model", str(demo), "--data", str(data), "--device", "cpu"]
+    assert galmet([*args, "--out", str(tmp_path / "ev")]) == 0
+    assert f"NOTE: {notice}" in capsys.readouterr().out
+    rec = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert rec["demo"] is True and rec["notice"] == notice
+    # The figure carries it: its foot differs from an ordinary model's figure.
+    plain = tmp_path / "plain.pt"
+    make_checkpoint(data).save(plain)
+    assert galmet(["evaluate", "--model", str(plain), "--data", str(data), "--device", "cpu",
+                   "--out", str(tmp_path / "ev2")]) == 0  # fmt: skip
+    foot = [
+        np.asarray(Image.open(tmp_path / ev / "prediction_oh_p50.png").convert("L"))[-12:]
+        for ev in ("ev", "ev2")
+    ]
+    assert (foot[0] < 200).sum() > (foot[1] < 200).sum() + 50  # the notice's text
+
+
+def test_a_cached_models_evaluation_goes_to_the_current_folder(mock, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    data, model = mock
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cached = cache / "demo-0123456789abcdef.pt"
+    shutil.copy(model, cached)
+    monkeypatch.setenv("GALMET_CACHE_DIR", str(cache))
+    monkeypatch.chdir(tmp_path)
+    assert galmet(["evaluate", "--model", str(cached), "--data", str(data), "--device", "cpu"]) == 0
+    assert (tmp_path / "eval-demo-0123456789abcdef" / "metrics.json").is_file()
+    assert not (cache / "eval").exists()

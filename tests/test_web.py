@@ -60,3 +60,33 @@ def test_page_predicts_from_coordinates(page_url, mock_sky, tmp_path):
         expect(page.locator("#error")).to_contain_text("outside the SDSS imaging footprint")
         expect(page.locator("#result")).to_be_hidden()
         browser.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "operation"), [("/docs", "/api/v1/predict"), ("/redoc", "predict")]
+)
+def test_api_docs_work_offline(page_url, path, operation):
+    """Every request that is not to the service itself is refused, as on an air-gapped
+    cluster: the docs pages still list the operations."""
+    from urllib.parse import urlparse
+
+    from playwright.sync_api import expect, sync_playwright
+
+    own = urlparse(page_url).netloc
+    outside: list[str] = []
+
+    def only_loopback(route) -> None:
+        if urlparse(route.request.url).netloc == own:
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        page = browser.new_page()
+        page.route("**/*", only_loopback)
+        page.goto(page_url + path)
+        expect(page.get_by_text(operation).first).to_be_visible(timeout=30_000)
+        browser.close()
+    assert outside == [], f"the docs page asked the internet for {outside}"

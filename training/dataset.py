@@ -94,9 +94,9 @@ class GalaxyData:
         return len(self.catalog)
 
 
-def read_catalog(data_dir: Path) -> Table:
-    """``DIR/catalog.csv`` sorted by objID."""
-    path = Path(data_dir) / "catalog.csv"
+def read_catalog(data_dir: Path, catalog: Path | None = None) -> Table:
+    """``DIR/catalog.csv`` (or ``catalog``) sorted by objID."""
+    path = Path(catalog) if catalog is not None else Path(data_dir) / "catalog.csv"
     if not path.exists():
         raise GalmetError(
             f"no catalog.csv in {data_dir} (make one with galmet simulate or catalog)"
@@ -140,7 +140,7 @@ def load_images(
 
 
 def select_rows(
-    data_dir: Path, targets: list[str], limit: int | None = None
+    data_dir: Path, targets: list[str], limit: int | None = None, catalog: Path | None = None
 ) -> tuple[Table, np.ndarray, list[Path]]:
     """Catalog rows with an image and a valid value of every target: (rows, y, image paths).
 
@@ -149,7 +149,7 @@ def select_rows(
     baseline all select rows here, so that a seed gives all of them the same split.
     """
     data_dir = Path(data_dir)
-    cat = read_catalog(data_dir)
+    cat = read_catalog(data_dir, catalog)
     unknown = [t for t in targets if t not in cat.colnames]
     if unknown:
         raise GalmetError(f"unknown target(s) {', '.join(unknown)}; catalog has {cat.colnames}")

@@ -6,7 +6,13 @@ seed), so the test galaxies are the ones training never saw and the numbers comp
 ``galmet baseline`` row for row. Images are resized to the checkpoint's input size, as in
 training. Predictions are made without TTA and with ``--tta`` copies (default 8).
 
-Writes to ``--out`` (default: the model's folder / ``eval``):
+``--split`` is test (default), valid, train or ``all`` (every usable row: a sample the model
+never saw, such as a fresh mock or a ``galmet download`` folder, is evaluated whole);
+``--catalog FILE`` reads the rows from FILE instead of ``DATA/catalog.csv``. A mock-sky demo
+model's notice is written into the metrics and along the foot of every figure.
+
+Writes to ``--out`` (default: the model's folder / ``eval``; for a model in galmet's cache
+folder, such as the service's demo model, ``eval-<model>`` in the current folder):
 
 - ``metrics.json`` (format in ``training.metrics``): kind ``cnn``, variants ``tta1`` and
   ``tta{n}``, each target's RMSE, NMAD, bias, outlier fraction and fraction within ±1σ; the
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +44,7 @@ from galmet.model import Checkpoint, file_sha256
 from galmet.predictor import Prediction, Predictor
 from galmet.training.dataset import load_images, select_rows, split_indices
 
-SPLITS = ("test", "valid", "train")
+SPLITS = ("test", "valid", "train", "all")
 OH, MASS = "oh_p50", "lgm_tot_p50"
 #: Training settings worth keeping next to the metrics (the whole config is in the checkpoint).
 CONFIG_SUMMARY = (
@@ -76,22 +83,39 @@ class Evaluation:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, required=True, help="checkpoint (.pt) to evaluate")
     parser.add_argument("--data", type=Path, required=True, help="folder with catalog.csv, images/")
-    parser.add_argument("--split", choices=SPLITS, default="test", help="part to evaluate (test)")
+    parser.add_argument(
+        "--split",
+        choices=SPLITS,
+        default="test",
+        help="part to evaluate (test); all: every usable row (a sample the model never saw)",
+    )
+    parser.add_argument(
+        "--catalog",
+        type=Path,
+        help="the catalog CSV (default: DATA/catalog.csv), e.g. the one a download used",
+    )
     parser.add_argument(
         "--tta", type=int, choices=TTA_LEVELS, default=8, help="TTA copies (8; tta1 always too)"
     )
-    parser.add_argument("--out", type=Path, help="output folder (default: MODEL's folder/eval)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="output folder (default: MODEL's folder/eval, or ./eval-MODEL for a cached model)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument(
         "--batch-size", type=int, default=128, help="images per forward pass, x TTA copies (128)"
     )
 
 
-def _catalog_columns(data: Path) -> list[str]:
-    """The header of ``DATA/catalog.csv``, without reading the rows."""
-    path = data / "catalog.csv"
+def _catalog_columns(data: Path, catalog: Path | None = None) -> list[str]:
+    """The header of the catalog (``DATA/catalog.csv`` by default), without reading rows."""
+    path = catalog or data / "catalog.csv"
     if not path.is_file():
-        raise GalmetError(f"no catalog.csv in {data} (make one with galmet simulate or catalog)")
+        where = f"{catalog} does not exist" if catalog else f"no catalog.csv in {data}"
+        raise GalmetError(
+            f"{where} (make one with galmet simulate or catalog, or give --catalog FILE)"
+        )
     with path.open(newline="") as f:
         return next(csv.reader(f), [])
 
@@ -151,6 +175,7 @@ def evaluate(
     out: Path | None = None,
     device: str = "auto",
     batch_size: int = 128,
+    catalog: Path | None = None,
 ) -> Evaluation:
     """Predict ``split`` with TTA 1 and ``tta``, write metrics, figures and predictions."""
     from galmet.device import pick_device
@@ -177,18 +202,23 @@ def evaluate(
         raise GalmetError(f"data folder {data} does not exist")
     ck = Checkpoint.load(model)
     targets = list(ck.outputs)
-    missing = [t for t in targets if t not in _catalog_columns(data)]
+    missing = [t for t in targets if t not in _catalog_columns(data, catalog)]
     if missing:
         raise GalmetError(
-            f"the model predicts {', '.join(missing)}, which {data / 'catalog.csv'} lacks"
+            f"the model predicts {', '.join(missing)}, which {catalog or data / 'catalog.csv'} "
+            "lacks"
         )
     dev = pick_device(device)
-    out = Path(out) if out is not None else model.parent / "eval"
+    out = Path(out) if out is not None else default_out(model)
+    notice = ck.config.get("notice") if ck.config.get("demo") else None
 
     # The training run's --limit changes the split: apply it, or training rows leak into test.
     limit = ck.config.get("limit")
-    rows, y, paths = select_rows(data, targets, limit)
-    part = split_indices(len(rows), ck.split_seed)[split]
+    rows, y, paths = select_rows(data, targets, limit, catalog=catalog)
+    if split == "all":
+        part = np.arange(len(rows))
+    else:
+        part = split_indices(len(rows), ck.split_seed)[split]
     if len(part) < 2:
         raise GalmetError(f"the {split} split of {data} has {len(part)} galaxies; need 2 or more")
     # Only the evaluated images are decoded: the same pixels load_data would give these rows.
@@ -221,6 +251,8 @@ def evaluate(
         "model": _model_summary(model, ck),
         "training": {k: ck.config[k] for k in CONFIG_SUMMARY if k in ck.config},
         "training_test_metrics": ck.metrics,
+        "demo": bool(notice),
+        "notice": notice,
     }
     for j, t in enumerate(targets):
         label = {OH: OH_LABEL, MASS: MASS_LABEL}.get(t, t)
@@ -231,11 +263,16 @@ def evaluate(
                 out / f"prediction_{t}.png",
                 name=label,
                 title=f"ResNet-34, TTA {tta}: {t} ({split}, N = {len(part):,})",
+                note=notice,
             )
         )
         files.append(
             plot_calibration(
-                best.mean[:, j] - true[:, j], best.sigma[:, j], out / f"calibration_{t}.png", label
+                best.mean[:, j] - true[:, j],
+                best.sigma[:, j],
+                out / f"calibration_{t}.png",
+                label,
+                note=notice,
             )
         )
     if OH in targets and MASS in targets:
@@ -250,6 +287,7 @@ def evaluate(
                 best.mean[:, io],
                 out / "mmr.png",
                 labels=("catalog", f"CNN, TTA {tta} (mass and O/H)"),
+                note=notice,
             )
         )
     if OH in targets:
@@ -267,13 +305,33 @@ def evaluate(
     return Evaluation(record, files, objid, true, predictions)
 
 
+def default_out(model: Path) -> Path:
+    """Beside the model, unless the model lives in galmet's cache folder (the service's demo
+    model): results do not belong in a cache, so ``./eval-<model>`` then."""
+    from platformdirs import user_cache_dir
+
+    cache = Path(os.environ.get("GALMET_CACHE_DIR") or user_cache_dir("galmet")).resolve()
+    if model.resolve().parent == cache or cache in model.resolve().parents:
+        return Path.cwd() / f"eval-{model.stem}"
+    return model.parent / "eval"
+
+
 def main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     ev = evaluate(
-        args.model, args.data, args.split, args.tta, args.out, args.device, args.batch_size
+        args.model,
+        args.data,
+        args.split,
+        args.tta,
+        args.out,
+        args.device,
+        args.batch_size,
+        catalog=args.catalog,
     )
     rec = ev.record
     print(f"model {rec['model']['version'][:12]}, {rec['split']} split, N = {rec['n']:,}")
+    if rec.get("notice"):
+        print(f"NOTE: {rec['notice']}")
     header = f"{'target':14s}{'variant':>8s}{'RMSE':>9s}{'NMAD':>9s}{'bias':>9s}"
     print(header + f"{'outliers':>10s}{'within 1σ':>11s}")
     for t in rec["targets"]:

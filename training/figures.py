@@ -34,9 +34,13 @@ DPI = 120
 SCATTER_BELOW = 400
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def _save(fig: Figure, path: str | Path, note: str | None = None) -> Path:
+    """Write the figure; ``note`` (e.g. the demo model's notice) is printed along its foot,
+    so that the picture cannot be shown without it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if note:
+        fig.text(0.5, 0.003, note, ha="center", va="bottom", fontsize=7, color="firebrick")
     fig.savefig(path, dpi=DPI)
     return path
 
@@ -79,6 +83,7 @@ def plot_prediction(
     name: str = OH_LABEL,
     title: str = "",
     units: str = "dex",
+    note: str | None = None,
 ) -> Path:
     """The paper's Figure 1: predicted vs true as a density, with a residual panel above.
 
@@ -146,7 +151,7 @@ def plot_prediction(
     )
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return _save(fig, path, note)
 
 
 def plot_mmr(
@@ -158,6 +163,7 @@ def plot_mmr(
     bins: Sequence[float] | None = None,
     labels: tuple[str, str] = ("catalog", "predicted"),
     title: str = "",
+    note: str | None = None,
 ) -> Path:
     """The mass–metallicity relation from catalog values and from predictions.
 
@@ -218,7 +224,7 @@ def plot_mmr(
     ax_n.set_ylabel("NMAD in bin [dex]")
     ax_n.set_ylim(bottom=0)
     ax_n.legend(fontsize=8)
-    return _save(fig, path)
+    return _save(fig, path, note)
 
 
 def plot_loss_curve(history: Sequence[dict], path: str | Path, title: str = "") -> Path:
@@ -270,7 +276,11 @@ def plot_loss_curve(history: Sequence[dict], path: str | Path, title: str = "") 
 
 
 def plot_calibration(
-    res: Sequence[float], sigma: Sequence[float], path: str | Path, name: str = OH_LABEL
+    res: Sequence[float],
+    sigma: Sequence[float],
+    path: str | Path,
+    name: str = OH_LABEL,
+    note: str | None = None,
 ) -> Path:
     """Histogram of residual / predicted σ against a unit Gaussian.
 
@@ -307,4 +317,4 @@ def plot_calibration(
         f"within ±1σ: {100 * within:.1f}% (68.3% if calibrated);  NMAD(Δ/σ) = {nmad(z):.2f}",
         fontsize=10,
     )
-    return _save(fig, path)
+    return _save(fig, path, note)

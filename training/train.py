@@ -223,46 +223,91 @@ def plot_history(out: Path, history: list[dict]) -> None:
     plot_loss_curve(history, out.with_name(out.name + ".loss.png"))
 
 
+class DefaultsShown(argparse.HelpFormatter):
+    """Help with each option's default, where it has one its help does not already name."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "default" not in text
+            and action.default not in (None, False, argparse.SUPPRESS)
+            and action.option_strings
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``galmet train``; defaults come from ``TrainConfig``."""
+    """The options of ``galmet train``; defaults come from ``TrainConfig`` and every option's
+    help shows its default."""
+    parser.formatter_class = DefaultsShown
     d = TrainConfig(data="", out="")
     a = parser.add_argument
     a("--data", required=True, help="folder with catalog.csv and images/")
     a("--out", required=True, help="checkpoint file to write, e.g. models/oh.pt")
-    a("--target", action="append", dest="targets", help="catalog column (repeatable; oh_p50)")
+    a(
+        "--target",
+        action="append",
+        dest="targets",
+        help="catalog column to predict, repeatable (default: oh_p50)",
+    )
     a("--size", type=int, help="resize images to this many pixels (default: as stored)")
-    a("--pixel-scale", type=float, help="arcsec/px of the images (mock.json, else 0.296)")
-    a("--bands", choices=["gri", "r"], default=d.bands, help="gri colour, or r band only")
-    a("--init", default=d.init, help="scratch, imagenet or PATH to weights (default scratch)")
+    a(
+        "--pixel-scale",
+        type=float,
+        help="arcsec/px of the stored images (default: mock.json's, else 0.296)",
+    )
+    a("--bands", choices=["gri", "r"], default=d.bands, help="gri colour, or the r band only")
+    a("--init", default=d.init, help="starting weights: scratch, imagenet or a PATH")
     a(
         "--batch-size",
         type=int,
         default=d.batch_size,
         help="images per step (over all processes under torchrun)",
     )
-    a("--lr", type=float, default=d.lr, help="head learning rate; body groups get 1/9, 1/3")
+    a("--lr", type=float, default=d.lr, help="head learning rate; body groups get 1/9 and 1/3")
     a(
         "--lr-scale",
         choices=list(LR_SCALES),
         default=d.lr_scale,
-        help="scale --lr with the batch: linear = lr x batch / reference batch (none)",
+        help="scale --lr with the batch: linear = lr x batch / reference batch, or sqrt",
     )
-    a("--lr-reference-batch", type=int, default=d.lr_reference_batch, help="batch of --lr (64)")
+    a(
+        "--lr-reference-batch",
+        type=int,
+        default=d.lr_reference_batch,
+        help="the batch size --lr is meant for (with --lr-scale)",
+    )
     a("--frozen-epochs", type=int, default=d.frozen_epochs, help="head-only epochs first")
-    a("--cycles", type=int, default=d.cycles, help="SGDR cycles after unfreezing (3)")
-    a("--cycle-len", type=int, default=d.cycle_len, help="epochs of the first cycle (1)")
-    a("--cycle-mult", type=int, default=d.cycle_mult, help="cycle length factor (2)")
-    a("--schedule", choices=["sgdr", "onecycle"], default=d.schedule)
-    a("--optimizer", choices=["sgd", "adamw"], default=d.optimizer)
-    a("--momentum", type=float, default=d.momentum)
-    a("--weight-decay", type=float, default=d.weight_decay)
+    a("--cycles", type=int, default=d.cycles, help="SGDR cycles after unfreezing")
+    a("--cycle-len", type=int, default=d.cycle_len, help="epochs of the first SGDR cycle")
+    a(
+        "--cycle-mult",
+        type=int,
+        default=d.cycle_mult,
+        help="each SGDR cycle is this many times longer",
+    )
+    a(
+        "--schedule",
+        choices=["sgdr", "onecycle"],
+        default=d.schedule,
+        help="SGDR (the paper's), or one-cycle (super-convergence)",
+    )
+    a(
+        "--optimizer",
+        choices=["sgd", "adamw"],
+        default=d.optimizer,
+        help="SGD with momentum (the paper's), or AdamW",
+    )
+    a("--momentum", type=float, default=d.momentum, help="SGD momentum")
+    a("--weight-decay", type=float, default=d.weight_decay, help="weight decay of the optimiser")
     a("--folds", type=int, default=d.folds, help="K > 1 trains a K-fold ensemble")
     a("--seed", type=int, default=d.seed, help="seed of weights, batches and augmentation")
     a("--split-seed", type=int, default=d.split_seed, help="seed of the train/valid/test split")
     a("--device", default=d.device, help="auto, cpu or cuda")
-    a("--tta", type=int, choices=TTA_LEVELS, default=d.tta, help="TTA for test metrics")
-    a("--limit", type=int, help="use only the first N galaxies")
-    a("--max-steps", type=int, help="at most N batches per epoch (quick trials)")
+    a("--tta", type=int, choices=TTA_LEVELS, default=d.tta, help="TTA copies of the test metrics")
+    a("--limit", type=int, help="use only the first N galaxies (default: all)")
+    a("--max-steps", type=int, help="at most N batches per epoch, for quick trials (default: all)")
     a("--resume", action="store_true", help="go on from OUT.last.pt (saved at each cycle end)")
     speed = argparse.BooleanOptionalAction
     a("--bf16", action=speed, help="bfloat16 autocast (default: on CUDA only)")
@@ -272,7 +317,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--compile-backend",
         choices=["inductor", "aot_eager", "eager", "cudagraphs"],
         default=d.compile_backend,
-        help="torch.compile backend (inductor; eager ones only trace, for debugging)",
+        help="torch.compile backend (the eager ones only trace, for debugging)",
     )
     a(
         "--data-on-device",

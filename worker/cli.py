@@ -88,7 +88,7 @@ def _demo_elsewhere(settings):
 
     from galmet.app.demo import demo_checkpoint, demo_path
 
-    if demo_path(settings).exists():
+    if demo_path(settings) is not None:
         return demo_path(settings)
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         return pool.apply(demo_checkpoint, (settings,))
