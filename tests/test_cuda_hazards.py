@@ -198,3 +198,81 @@ def test_nvjpeg_decoding_waits_for_the_callers_stream(monkeypatch):
     Image.new("RGB", (8, 8), (10, 20, 30)).save(buf, format="JPEG")
     out = preprocess._decode_batch_cuda([buf.getvalue()], 8, torch.device("cpu"))
     assert calls == ["synchronize", "decode"] and out.shape == (1, 8, 8, 3)
+
+
+# ---------------------------------------------------------------------------- training runs
+@pytest.fixture(scope="module")
+def small_mock(tmp_path_factory) -> Path:
+    from galmet.training.simulate import simulate
+
+    data = tmp_path_factory.mktemp("mock")
+    simulate(48, data, seed=7, size=64, workers=1)
+    return data
+
+
+def test_a_diverging_run_stops_in_one_line_and_saves_no_model(small_mock, tmp_path, capsys):
+    from galmet.cli import main
+
+    out = tmp_path / "m.pt"
+    args = ["train", "--data", str(small_mock), "--out", str(out), "--size", "32"]
+    args += ["--batch-size", "8", "--lr", "1e12", "--frozen-epochs", "0", "--cycles", "1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "galmet: error: training diverged" in err and "non-finite loss" in err
+    errors = [line for line in err.splitlines() if line.startswith("galmet: error")]
+    assert len(errors) == 1 and "--lr-scale" in errors[0] and "Traceback" not in err
+    assert not out.exists()  # no NaN model saved as "best"
+
+
+def test_a_rate_scaled_up_for_the_batch_warms_up(small_mock, tmp_path):
+    from galmet.training.config import TrainConfig
+    from galmet.training.train import train
+
+    cfg = TrainConfig(
+        data=str(small_mock), out=str(tmp_path / "m.pt"), size=32, batch_size=8, lr=0.01,
+        lr_scale="linear", lr_reference_batch=4, frozen_epochs=0, cycles=1, tta=1, seed=3,
+    )  # fmt: skip
+    ck = train(cfg)
+    head = cfg.lr * 8 / 4
+    first = ck.history[0]["group_lr"]["first"][-1]
+    # The first step runs at head / steps_per_epoch, not at the full scaled rate.
+    assert first < head / 2 and first == pytest.approx(head / round(head / first), rel=1e-6)
+    plain = TrainConfig(**{**cfg.__dict__, "lr_scale": "none", "out": str(tmp_path / "p.pt")})
+    assert train(plain).history[0]["group_lr"]["first"][-1] == pytest.approx(cfg.lr)
+
+
+def test_resuming_in_another_memory_layout_matches_the_optimiser_state(
+    small_mock, tmp_path, monkeypatch
+):
+    from galmet.cli import main
+    from galmet.training.trainer import Trainer
+
+    out = tmp_path / "m.pt"
+    base = ["train", "--data", str(small_mock), "--out", str(out), "--size", "32"]
+    base += ["--batch-size", "8", "--cycles", "2", "--tta", "1"]
+    real_run_epoch = Trainer.run_epoch
+    seen: list[list[tuple]] = []
+
+    def stop_in_epoch_3(self, epoch, optimizer, *a, **k):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real_run_epoch(self, epoch, optimizer, *a, **k)
+
+    monkeypatch.setattr(Trainer, "run_epoch", stop_in_epoch_3)
+    assert main([*base, "--channels-last"]) == 130  # saved with channels_last buffers
+
+    def record_layouts(self, epoch, optimizer, *a, **k):
+        seen.append(
+            [
+                (optimizer.state[p]["momentum_buffer"].stride(), p.stride())
+                for group in optimizer.param_groups
+                for p in group["params"]
+                if p.ndim == 4 and "momentum_buffer" in optimizer.state.get(p, {})
+            ]
+        )
+        return real_run_epoch(self, epoch, optimizer, *a, **k)
+
+    monkeypatch.setattr(Trainer, "run_epoch", record_layouts)
+    assert main([*base, "--no-channels-last", "--resume"]) == 0
+    assert seen and seen[0], "the resumed optimiser had no conv momentum buffers"
+    assert all(buffer == param for buffer, param in seen[0])

@@ -19,6 +19,7 @@ of every global batch in DistributedDataParallel (see ``training.distributed``).
 from __future__ import annotations
 
 import copy
+import math
 import time
 
 import numpy as np
@@ -64,13 +65,26 @@ def make_scheduler(
     cycle_mult: int,
     epochs: int,
     schedule: str = "sgdr",
+    warmup_steps: int = 0,
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """A scheduler stepped once per mini-batch.
 
     SGDR: cosine from each group's rate to 0 over a cycle, restarting at the next; cycle k
     lasts ``cycle_len * cycle_mult**k`` epochs. One-cycle: warm up then anneal over all
-    ``epochs``, peaking at each group's rate.
+    ``epochs``, peaking at each group's rate. ``warmup_steps`` > 0 (SGDR only) ramps the rate
+    up linearly over the first steps: a rate scaled up for a large batch diverges without.
     """
+    if schedule == "sgdr" and warmup_steps > 0:
+        first = cycle_len * steps_per_epoch
+
+        def factor(step: int) -> float:
+            length, start = first, 0
+            while step >= start + length:  # which SGDR cycle the step is in
+                start, length = start + length, length * cycle_mult
+            cosine = 0.5 * (1 + math.cos(math.pi * (step - start) / length))
+            return min(1.0, (step + 1) / warmup_steps) * cosine
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     if schedule == "sgdr":
         return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
             optimizer, T_0=cycle_len * steps_per_epoch, T_mult=cycle_mult, eta_min=0.0
@@ -82,6 +96,30 @@ def make_scheduler(
             total_steps=epochs * steps_per_epoch,
         )
     raise GalmetError(f"--schedule must be sgdr or onecycle, not {schedule!r}")
+
+
+def warmup_steps(cfg, steps_per_epoch: int) -> int:
+    """Steps of linear warm-up after unfreezing: the first epoch's, when ``--lr-scale`` raised
+    the rate above ``--lr`` (large batches); none otherwise, as in the paper."""
+    return steps_per_epoch if cfg.head_lr() > cfg.lr else 0
+
+
+def match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give each optimiser state tensor its parameter's memory layout.
+
+    A run saved with another layout (channels_last on a GPU, resumed NCHW, or the reverse)
+    loads momentum buffers whose strides differ from their parameters'; fused and foreach
+    optimiser kernels expect them alike.
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if (
+                    torch.is_tensor(value)
+                    and value.shape == p.shape
+                    and value.stride() != p.stride()
+                ):
+                    optimizer.state[p][key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def loss_fn(
@@ -260,6 +298,14 @@ class Trainer:
         seconds = time.perf_counter() - start
         distributed.average_buffers(self.model, dist)
         valid = self.validate()
+        if not (math.isfinite(train_loss) and math.isfinite(valid["loss"])):
+            # Stop here: a diverged model must not be saved as the best one, nor go on.
+            raise GalmetError(
+                f"training diverged: {phase} epoch {epoch + 1} ended with a non-finite loss "
+                f"(train {train_loss:g}, validation {valid['loss']:g}) at a head learning rate "
+                f"of {cfg.head_lr():g}; lower --lr, or scale it less with the batch "
+                "(--lr-scale sqrt or none)"
+            )
         images = self.steps_per_epoch * (bs // dist.world_size) * dist.world_size
         record = {
             "epoch": epoch + 1,
@@ -348,7 +394,14 @@ class Trainer:
             self._forward = None
             opt = make_optimizer([groups[2]], [lr], cfg, self.device)
             n = cfg.frozen_epochs
-            sched = make_scheduler(opt, self.steps_per_epoch, n, 1, n)
+            sched = make_scheduler(
+                opt,
+                self.steps_per_epoch,
+                n,
+                1,
+                n,
+                warmup_steps=warmup_steps(cfg, self.steps_per_epoch),
+            )
             for e in range(n):
                 self.run_epoch(epoch, opt, sched, "frozen")
                 epoch += 1
@@ -362,10 +415,17 @@ class Trainer:
         lrs = [lr * r for r in GROUP_LR_RATIOS]
         opt = make_optimizer(groups, lrs, cfg, self.device)
         sched = make_scheduler(
-            opt, self.steps_per_epoch, cfg.cycle_len, cfg.cycle_mult, cfg.epochs, cfg.schedule
+            opt,
+            self.steps_per_epoch,
+            cfg.cycle_len,
+            cfg.cycle_mult,
+            cfg.epochs,
+            cfg.schedule,
+            warmup_steps=warmup_steps(cfg, self.steps_per_epoch),
         )
         if resume is not None and resume["optimizer"] is not None:
             opt.load_state_dict(resume["optimizer"])
+            match_parameter_layout(opt)
             sched.load_state_dict(resume["scheduler"])
         cycle_ends = set(
             np.cumsum([cfg.cycle_len * cfg.cycle_mult**c for c in range(cfg.cycles)]).tolist()
