@@ -36,6 +36,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await runtime.aclose()
+            # The app object may outlive its server (a test harness, an ASGI host keeping a
+            # reference): the model, engine and pools must not.
+            app.state.runtime = None
 
     # The docs pages' JavaScript and CSS come from the installed fastapi-offline package,
     # not a CDN: /docs and /redoc work on an air-gapped cluster.

@@ -362,3 +362,23 @@ def test_without_a_model_the_service_trains_and_serves_the_demo_model(
         page = httpx.get(f"{api}/").text
         assert "Mock-sky demo model: trained on simulated galaxies, not for science" in page
         assert page.lower().count("demo model") == 1  # the badge says it once
+
+
+def test_a_stopped_service_frees_its_model(tiny_model, mock_skyserver, mock_sky, tmp_path):
+    """The app object can outlive its server (test harnesses, ASGI hosts keep references);
+    its runtime (model, engine, pools) must not: 50 services once held 10 GB here."""
+    import gc
+
+    from galmet.app.runtime import Runtime
+
+    def alive() -> int:
+        gc.collect()
+        return sum(isinstance(o, Runtime) for o in gc.get_objects())
+
+    before = alive()
+    db = f"sqlite:///{tmp_path}/free.sqlite3"
+    with service(tiny_model, mock_skyserver, db, tmp_path) as api:
+        ra, dec = galaxy(mock_sky, 2)
+        assert httpx.get(f"{api}{API}/predict", params={"ra": ra, "dec": dec}).status_code == 200
+        assert alive() == before + 1
+    assert alive() == before
