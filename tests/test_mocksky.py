@@ -166,3 +166,19 @@ def test_simulate_rejects_bad_options(tmp_path, capsys):
     assert "--n must be at least 1" in capsys.readouterr().err
     assert galmet(["simulate", "--n", "5", "--out", str(tmp_path), "--size", "20"]) == 2
     assert "between 64 and 2048" in capsys.readouterr().err
+
+
+def test_field_objects_stay_put_whatever_the_cutout_centre(mock_sky):
+    """Field galaxies and stars are fixed on the sky: found from two centres 1′ apart, the
+    objects they share have the same positions (they used to move by arcminutes with the
+    centre's declination, so a catalogued star was not where its own cutout drew it)."""
+    row = mock_sky.catalog()[0]
+    ra, dec = float(row["ra"]), float(row["dec"])
+
+    def objects(d):
+        return {(kind, round(r, 9), round(dd, 9)) for kind, r, dd, *_ in
+                mock_sky.field_objects(ra, d, 0.05)}  # fmt: skip
+
+    here, there = objects(dec), objects(dec + 1 / 60)
+    near = {o for o in here if abs(o[2] - dec) < 0.02}
+    assert near and near <= there

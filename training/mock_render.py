@@ -155,10 +155,12 @@ class Renderer:
         """Faint galaxies and stars, the same for every cutout: drawn per 0.02 deg cell."""
         cell = 0.02
         area = cell * cell  # deg^2 in (ra cos dec, dec) cells
-        cos_dec = max(np.cos(np.radians(dec)), 1e-3)
         j0, j1 = int(np.floor((dec - radius_deg) / cell)), int(np.floor((dec + radius_deg) / cell))
-        ra_half = radius_deg / cos_dec
         for j in range(j0, j1 + 1):
+            # Each Dec row has its own cos(Dec), fixed: the objects stay put on the sky
+            # whatever the cutout's centre (the centre's cos(Dec) moved them by arcminutes).
+            cos_dec = max(np.cos(np.radians((j + 0.5) * cell)), 1e-3)
+            ra_half = radius_deg / max(np.cos(np.radians(dec)), 1e-3)
             i0 = int(np.floor((ra - ra_half) * cos_dec / cell))
             i1 = int(np.floor((ra + ra_half) * cos_dec / cell))
             for i in range(i0, i1 + 1):
