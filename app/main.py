@@ -11,11 +11,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
-from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from galmet.app.api.routes import info, jobs, metrics, predict, web
 from galmet.app.core.config import Settings, get_settings
+from galmet.app.docs_pages import add_docs_pages
 from galmet.app.errors import ApiError
 from galmet.app.metrics import REQUEST_SECONDS
 from galmet.app.runtime import Runtime
@@ -40,9 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # reference): the model, engine and pools must not.
             app.state.runtime = None
 
-    # The docs pages' JavaScript and CSS come from the installed fastapi-offline package,
-    # not a CDN: /docs and /redoc work on an air-gapped cluster.
-    app = FastAPIOffline(
+    app = FastAPI(
         title="galmet",
         version="0.1.0",
         summary="Gas-phase metallicity of galaxies from SDSS gri images (Wu & Boada 2019).",
@@ -51,7 +49,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "from its SDSS cutout, by sky position or uploaded image. Every result is cached."
         ),
         lifespan=lifespan,
+        docs_url=None,  # served by add_docs_pages, without a CDN
+        redoc_url=None,
     )
+    add_docs_pages(app)
     app.include_router(predict.router, prefix=API)
     app.include_router(jobs.router, prefix=API)
     app.include_router(info.router, prefix=API)
