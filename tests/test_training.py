@@ -244,7 +244,10 @@ def test_a_short_training_run_lowers_the_loss_and_writes_everything(tiny_mock, t
     ck = train(cfg)
     history = json.loads((tmp_path / "model.pt.metrics.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
-    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    # 64 galaxies at batch 8: one epoch's loss moves by ~0.2 with the CPU's thread count
+    # (1.36 on one thread, 1.14 on two, 1.56 once in CI), so the check is that training went
+    # below the frozen epoch, not that the last epoch did.
+    assert min(h["train_loss"] for h in history[1:]) < 0.95 * history[0]["train_loss"]
     assert (tmp_path / "model.pt.loss.png").stat().st_size > 1000
     loaded = Checkpoint.load(out)
     assert loaded.outputs == ["oh_p50", "lgm_tot_p50"] and loaded.input_size == 32
