@@ -13,6 +13,7 @@ the resource, so a client reads them from any answer. An error is a VOTable with
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -181,10 +182,11 @@ def cone_votable(
     for i, galaxy in enumerate(galaxies):
         for c in chosen:
             value = c.value(galaxy)
-            if value is None:
-                table.array.mask[c.name][i] = True
-                value = "" if c.kind == "char" else (False if c.kind == "boolean" else 0.0)
+            missing = value is None
+            if missing:
+                value = "" if c.kind == "char" else (False if c.kind == "boolean" else math.nan)
             table.array[c.name][i] = value
+            table.array.mask[c.name][i] = missing  # after the value: setting one unmasks it
     return write_votable(votable)
 
 

@@ -157,3 +157,22 @@ def test_skyserver_down_is_an_error_votable(tiny_model, mock_sky, tmp_path):
         assert response.status_code == 502
         (error,) = votable(response).infos
         assert error.value.startswith("SkyServer failed")
+
+
+def test_a_galaxy_without_a_prediction_keeps_its_row_with_the_reason(
+    tiny_model, mock_sky, tmp_path
+):
+    from galmet.training.mock_skyserver import create_app, serve_in_thread
+    from galmet.training.mock_skyserver.faults import Faults
+
+    ra, dec = galaxy(mock_sky, 0)
+    no_cutouts = create_app(mock_sky, Faults(fail_rate=1.0, only="getjpeg"))
+    with (
+        serve_in_thread(no_cutouts) as skyserver,
+        service(tiny_model, skyserver, f"sqlite:///{tmp_path}/f.sqlite3", tmp_path) as base,
+    ):
+        scs = pyvo.dal.SCSService(f"{base}/scs")
+        table = scs.search(pos=(ra, dec), radius=0.005).to_table()
+    assert len(table) >= 1 and table["objID"][0] == str(mock_sky.catalog()[0]["objID"])
+    assert table["oh_p50"].mask.all() and table["oh_sigma"].mask.all()
+    assert all(r.startswith("502: SkyServer failed") for r in table["reason"])
