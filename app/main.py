@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from galmet.app.api.routes import info, jobs, metrics, predict, web
+from galmet.app.api.routes import info, jobs, metrics, predict, scs, web
 from galmet.app.core.config import Settings, get_settings
 from galmet.app.docs_pages import add_docs_pages
 from galmet.app.errors import ApiError
@@ -56,6 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predict.router, prefix=API)
     app.include_router(jobs.router, prefix=API)
     app.include_router(info.router, prefix=API)
+    app.include_router(scs.router, prefix=API)
+    app.include_router(scs.router)  # /scs: the short URL for TOPCAT and pyvo
     app.include_router(metrics.router)
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")

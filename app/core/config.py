@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     # prediction is about (its cutout is centred on it); false: predict at the position as is.
     identify: bool = True
     match_radius_arcsec: float = Field(default=3.0, gt=0, le=60)
+    # IVOA cone search (/scs): the largest search radius (degrees) and the most galaxies one
+    # cone answers (each is a prediction); both are stated in every answer's metadata.
+    scs_max_sr: float = Field(default=0.1, gt=0, le=10)
+    scs_max_rows: int = Field(default=100, ge=1, le=10_000)
     log_json: bool = False  # JSON log lines (job and chunk ids as fields)
     worker_metrics_port: int | None = None  # worker pool process k serves metrics on port + k
     # Micro-batching of the inference engine.
