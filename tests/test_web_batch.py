@@ -25,8 +25,12 @@ JOB_TIMEOUT_MS = 180_000  # two shared CPU cores: a 20-row job takes seconds, no
 
 def _serve(model: Path, skyserver: str, tmp: Path):
     url = f"sqlite:///{tmp}/web.sqlite3"
-    # Chunks of 5: the job's progress moves in four steps the page can show.
-    return service(model, skyserver, url, tmp, skyserver_rate=0, job_chunk_size=5)
+    # Chunks of 5: the job's progress moves in four steps the page can show. A patient
+    # SkyServer client: on a loaded machine the mock answers slowly, and a row failed by a
+    # timeout is not what these tests are about.
+    return service(
+        model, skyserver, url, tmp, skyserver_rate=0, skyserver_timeout=30.0, job_chunk_size=5
+    )
 
 
 @pytest.fixture(scope="module")
