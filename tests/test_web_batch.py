@@ -177,9 +177,24 @@ def test_chosen_votable_runs_and_a_bad_list_says_why(browser, mass_site, mock_sk
 def test_mass_model_answer_has_object_link_flags_in_words_and_mzr_plot(
     browser, mass_site, mock_sky, mock_skyserver, tiny_model, shots
 ):
+    from urllib.parse import urlparse
+
     from playwright.sync_api import expect
 
     page = browser.new_page()
+    # The page and its plots need nothing but the service (the SkyServer link is not
+    # followed): every other request is refused and recorded, as on an air-gapped cluster.
+    own = urlparse(mass_site).netloc
+    outside: list[str] = []
+
+    def only_loopback(route) -> None:
+        if urlparse(route.request.url).netloc == own:
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_loopback)
     page.goto(mass_site + "/")
     ra, dec = galaxy(mock_sky, 5)
     object_id = int(mock_sky.catalog()[5]["objID"])
@@ -220,6 +235,7 @@ def test_mass_model_answer_has_object_link_flags_in_words_and_mzr_plot(
     expect(page.locator("#mzr")).to_be_visible()  # mass comes from the image as well
     page.screenshot(path=str(shots / "page-flags.png"), full_page=True)
     page.close()
+    assert outside == [], f"the page asked the internet for {outside}"
 
 
 def test_oh_only_model_shows_no_mzr_plot(browser, oh_site, mock_sky, shots):
