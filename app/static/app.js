@@ -1,5 +1,7 @@
-// galmet web page: send coordinates or an image to the API and show the answer.
-"use strict";
+// galmet web page: send coordinates or an image to the API and show the answer
+// (the batch section is batch.js).
+import { flagSentence } from "./flags.js";
+import { MZR_RANGE, massMetallicity, tremonti } from "./plots.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -22,9 +24,44 @@ function showResult(p, imageUrl) {
     `${where} · ${p.cached ? "from the cache" : "computed now"} · TTA ${p.tta} · ` +
     `model ${p.model_name} (${p.model_version.slice(0, 12)})`;
   showObject(p);
-  $("flags").textContent = p.flags.length ? `flags: ${p.flags.join(", ")}` : "";
+  showFlags(p.flags);
+  showMassMetallicity(p);
   $("notice").textContent = p.notice || "";
   $("result").hidden = false;
+}
+
+// Each quality flag as a sentence; the flag's own name is its tooltip.
+function showFlags(flags) {
+  const list = $("flags");
+  list.replaceChildren(...flags.map((flag) => {
+    const item = document.createElement("li");
+    item.textContent = flagSentence(flag);
+    item.title = flag;
+    item.dataset.flag = flag;
+    return item;
+  }));
+  list.hidden = flags.length === 0;
+}
+
+// For a model that predicts stellar mass: the galaxy on the mass–metallicity relation.
+function showMassMetallicity(p) {
+  const figure = $("mzr");
+  const plot = $("mzr-plot");
+  const show = p.log_mstar !== null && p.oh_p50 !== null;
+  figure.hidden = !show;
+  if (!show) {
+    plot.replaceChildren();
+    return;
+  }
+  plot.replaceChildren(massMetallicity(p.log_mstar, p.log_mstar_sigma, p.oh_p50, p.oh_sigma));
+  const [lo, hi] = MZR_RANGE;
+  if (p.log_mstar < lo || p.log_mstar > hi) {
+    $("mzr-offset").textContent = `log M* is outside ${lo}–${hi}, where the relation was fitted.`;
+  } else {
+    const offset = p.oh_p50 - tremonti(p.log_mstar);
+    const side = offset >= 0 ? "above" : "below";
+    $("mzr-offset").textContent = `${Math.abs(offset).toFixed(2)} dex ${side} the relation.`;
+  }
 }
 
 // The SDSS object the prediction is about, linked to SkyServer's Explore page.
@@ -37,7 +74,10 @@ function showObject(p) {
     link.href = o.explore_url;
     link.target = "_blank";
     link.rel = "noopener";
-    link.textContent = `SDSS ${o.objID}`;
+    // objIDs pass 2^53, past what a JavaScript number holds exactly: the digits are taken
+    // from the link the API built, not from the parsed JSON number.
+    const objID = new URL(o.explore_url).searchParams.get("id") || String(o.objID);
+    link.textContent = `SDSS ${objID}`;
     box.append(link, ` · ${o.type_name} · ${o.separation_arcsec.toFixed(2)}″ from the position ` +
       `given (cutout centred on the object at RA ${o.ra.toFixed(5)}, Dec ${o.dec.toFixed(5)})`);
   } else if (p.source === "coordinates") {
