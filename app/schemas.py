@@ -168,6 +168,10 @@ class JobOut(BaseModel):
     tta: int
     source: str
     filename: str | None
+    notice: str | None = Field(None, description="the model's caveat (the mock-sky demo's)")
+    input_columns: list[str] = Field(
+        [], description="the input's columns, given back first in every results row"
+    )
     created_at: datetime
     finished_at: datetime | None
     links: dict[str, str] = Field(description="status and results URLs")

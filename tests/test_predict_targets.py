@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import csv
-import io
-
 import httpx
 import pytest
 
 from galmet.cli import main
 from tests.helpers import service
-from tests.test_jobs import submit, targets_csv, wait
+from tests.test_jobs import read_csv, submit, targets_csv, wait
 
 API = "/api/v1"
 
@@ -34,18 +31,14 @@ def test_a_target_list_runs_in_process_like_a_job(
     assert main([*args, "--device", "cpu"]) == 0
     err_out = capsys.readouterr()
     assert "20 predicted, 0 failed, 3 invalid" in err_out.out and "TTA 2" in err_out.out
-    got = list(csv.DictReader((tmp_path / "targets.galmet.csv").open()))
+    got = read_csv((tmp_path / "targets.galmet.csv").read_text())
     assert len(got) == 23 and sum(r["status"] == "invalid" for r in got) == 3
     # The same answers as the service's own job on the same list and model.
     db = f"sqlite:///{tmp_path / 'api.sqlite3'}"
     with service(tiny_model, mock_skyserver, db, tmp_path / "api") as api:
         job = submit(api, text).json()
         wait(api, job["id"])
-        served = list(
-            csv.DictReader(
-                io.StringIO(httpx.get(f"{api}{API}/jobs/{job['id']}/results?format=csv").text)
-            )
-        )
+        served = read_csv(httpx.get(f"{api}{API}/jobs/{job['id']}/results?format=csv").text)
     assert [r["status"] for r in got] == [r["status"] for r in served]
     for mine, theirs in zip(got, served, strict=True):
         if mine["status"] == "done":
