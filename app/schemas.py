@@ -92,6 +92,12 @@ class PredictionOut(BaseModel):
     source: Literal["coordinates", "image"]
     ra: float | None = Field(None, description="the position asked for (deg)")
     dec: float | None = Field(None, description="the position asked for (deg)")
+    matched_ra: float | None = Field(
+        None,
+        description="where the prediction was made (deg): the cutout's centre, on the SDSS "
+        "object when there is one; a cached answer's own position (within 0.5 arcsec)",
+    )
+    matched_dec: float | None = Field(None, description="as matched_ra, the declination")
     object: ObjectOut | None = Field(
         None,
         description="the SDSS object at the position (null: none within the match radius, "
