@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from pathlib import Path
 
 import httpx
 import pytest
@@ -16,20 +15,11 @@ from astropy.io.votable import parse
 from galmet.app.demo import DEMO_NOTICE
 from galmet.model import file_sha256
 from galmet.skyserver import parse_sql_csv
-from tests.helpers import galaxy, service, tiny_checkpoint
+from tests.helpers import galaxy, service
 from tests.test_jobs import submit, wait
 
 API = "/api/v1"
 SQLITE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-
-
-@pytest.fixture(scope="module")
-def demo_model(tmp_path_factory) -> Path:
-    """A tiny model marked as the mock-sky demo, as ``galmet serve`` builds without a model."""
-    path = tmp_path_factory.mktemp("demo") / "demo.pt"
-    config = {"image_size": 64, "pixel_scale": 0.396, "demo": True, "notice": DEMO_NOTICE}
-    tiny_checkpoint(config=config, sigma_scale={1: 1.0, 2: 1.0, 4: 1.0, 8: 1.0}).save(path)
-    return path
 
 
 def a_star(mock_skyserver: str) -> tuple[float, float]:

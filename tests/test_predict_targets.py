@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -48,8 +50,6 @@ def test_a_target_list_runs_in_process_like_a_job(
             assert mine["reason"] == theirs["reason"]
     # Run again: every answer comes from the database's cache.
     assert main([*args, "--out", str(tmp_path / "again.json")]) == 0
-    import json
-
     again = json.loads((tmp_path / "again.json").read_text())
     assert all(r["cached"] for r in again if r["status"] == "done")
 
@@ -73,3 +73,29 @@ def test_the_cli_uses_the_services_tta(env, tmp_path, capsys, mock_sky, tiny_mod
     env.setenv("GALMET_TTA", "2")
     assert main(["predict", "--model", str(tiny_model), str(image), "--json"]) == 0
     assert '"tta": 2' in capsys.readouterr().out
+
+
+def test_targets_galmet_csv_names_the_demo_model(env, tmp_path, capsys, mock_sky, demo_model):
+    from astropy.io.votable import parse
+
+    from galmet.app.demo import DEMO_NOTICE
+    from galmet.model import file_sha256
+
+    text, _ = targets_csv(mock_sky, 3, bad=False)
+    targets = tmp_path / "targets.csv"
+    targets.write_text(text)
+    version = file_sha256(demo_model)
+    args = ["predict", "--model", str(demo_model), "--targets", str(targets), "--tta", "2"]
+    assert main(args) == 0
+    written = (tmp_path / "targets.galmet.csv").read_text()
+    header = [line for line in written.splitlines() if line.startswith("#")]
+    assert header[1:] == [f"# model_version: {version}", "# tta: 2", f"# notice: {DEMO_NOTICE}"]
+    assert [r["id"] for r in read_csv(written)] == ["g0", "g1", "g2"]
+    assert main([*args, "--out", str(tmp_path / "t.json")]) == 0
+    for row in json.loads((tmp_path / "t.json").read_text()):
+        assert (row["model_version"], row["tta"], row["notice"]) == (version, 2, DEMO_NOTICE)
+    assert main([*args, "--out", str(tmp_path / "t.vot")]) == 0
+    table = parse(str(tmp_path / "t.vot")).get_first_table()
+    params = {p.name: p.value for p in table.params}
+    assert params["notice"] == DEMO_NOTICE and params["model_version"] == version
+    assert int(params["tta"]) == 2
