@@ -8,6 +8,7 @@ are saved next to the input (or to ``--out``) when it is done.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -17,12 +18,14 @@ from tqdm import tqdm
 from galmet.errors import GalmetError
 
 EXTENSIONS = {"csv": ".csv", "json": ".json", "votable": ".vot"}
+DEFAULT_SERVER = "http://127.0.0.1:8000"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", type=Path, help="targets: CSV (ra, dec[, id]), JSON or VOTable")
     parser.add_argument(
-        "--server", default="http://127.0.0.1:8000", help="the galmet service (%(default)s)"
+        "--server",
+        help=f"the galmet service (default: GALMET_URL, else {DEFAULT_SERVER})",
     )
     parser.add_argument("--wait", action="store_true", help="follow the job and save results")
     parser.add_argument(
@@ -36,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     if not args.file.is_file():
         raise GalmetError(f"{args.file}: no such file")
-    api = args.server.rstrip("/") + "/api/v1"
+    server = args.server or os.environ.get("GALMET_URL") or DEFAULT_SERVER
+    api = server.rstrip("/") + "/api/v1"
     with httpx.Client(timeout=60) as client:
         with args.file.open("rb") as fh:
             job = _call(client, "post", f"{api}/jobs", files={"file": (args.file.name, fh)})
