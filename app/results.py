@@ -294,6 +294,17 @@ def _input_column(values: list[Any], name: str) -> Any:
     return MaskedColumn(data, name=name, mask=mask, description=description)
 
 
+def _free_id(base: str, taken: set[str]) -> str:
+    """A valid XML ID from ``base`` that is not in ``taken`` (which it joins)."""
+    base = re.sub(r"[^A-Za-z0-9_]", "_", base)
+    ident, k = base, 1
+    while ident in taken:
+        k += 1
+        ident = f"{base}_{k}"
+    taken.add(ident)
+    return ident
+
+
 def results_votable(
     rows: Iterable[dict[str, Any]], meta: dict[str, Any], input_columns: Sequence[str] = ()
 ) -> bytes:
@@ -335,18 +346,21 @@ def results_votable(
         if field.datatype == "bit":
             field.datatype = "boolean"
     resource = votable.resources[0]
+    # INFO and PARAM IDs share the document's ID space with the FIELDs ("id" would clash),
+    # so they get a prefix, and a number where the user's columns took that ID already; the
+    # name is the key as given.
+    taken = {f.ID for f in fields}
     for key, value in meta.items():
-        # INFO IDs share the document's ID space with the FIELDs ("id" would clash), so
-        # they get a prefix; the name is the key as given.
         text = "" if value is None else str(value)
-        ident = "job_" + re.sub(r"[^A-Za-z0-9_]", "_", str(key))  # a valid XML ID
+        ident = _free_id("job_" + str(key), taken)
         resource.infos.append(Info(ID=ident, name=str(key), value=text))
     for key, value in _model_meta(meta).items():
         if value is None:
             continue
         kind = {"datatype": "int"} if key == "tta" else {"datatype": "char", "arraysize": "*"}
+        ident = _free_id(f"param_{key}", taken)
         vtable.params.append(
-            Param(votable, ID=f"param_{key}", name=key, value=value, ucd="meta.note", **kind)
+            Param(votable, ID=ident, name=key, value=value, ucd="meta.note", **kind)
         )
     out = io.BytesIO()
     with warnings.catch_warnings():
