@@ -331,3 +331,15 @@ def test_a_json_inputs_types_come_back() -> None:
     table = Table.read(io.BytesIO(results_votable([row], {}, columns)), format="votable")
     assert table["ra"].dtype.kind == "i" and table["ok"].dtype.kind == "b"
     assert table["tags"][0] == '["a", "b"]'
+
+
+def test_votable_ids_stay_unique_whatever_the_users_columns() -> None:
+    import re
+
+    row = result(1, "done", ra=1.0, dec=2.0, input={"job_id": "x", "param_tta": 3})
+    data = results_votable([row], TABLE_META, ["job_id", "param_tta"])
+    ids = re.findall(rb' ID="([^"]+)"', data)
+    assert len(ids) == len(set(ids)) and b"job_id" in ids and b"param_tta" in ids
+    votable = parse(io.BytesIO(data), verify="exception")
+    assert {i.name: i.value for i in votable.resources[0].infos}["id"] == "job-1"
+    assert {p.name: p.value for p in votable.get_first_table().params}["tta"] == 4
