@@ -17,7 +17,7 @@ from tqdm import tqdm
 from galmet.app.core.config import Settings
 from galmet.app.jobs import store
 from galmet.app.jobs.chunk import run_chunk
-from galmet.app.results import results_csv, results_json, results_votable
+from galmet.app.results import results_csv, results_json, results_meta, results_votable
 from galmet.app.runtime import Runtime
 from galmet.app.targets import TargetsError, parse_targets, target_format
 from galmet.errors import GalmetError
@@ -56,6 +56,7 @@ async def _run(settings: Settings, targets: Path, out: Path, fmt: str, progress:
                     chunk_size=settings.job_chunk_size,
                     source=source,
                     filename=targets.name,
+                    notice=model.notice,
                 )
 
         try:
@@ -70,12 +71,12 @@ async def _run(settings: Settings, targets: Path, out: Path, fmt: str, progress:
                 bar.update(outcome.predicted + outcome.cached + outcome.failed + outcome.skipped)
         status = await runtime.db.run(store.job_status, job.id)
         rows = await runtime.db.run(store.job_results, job.id)
-        meta = {k: status[k] for k in ("id", "status", "model_version", "tta", "n_targets")}
+        meta, columns = results_meta(status), status["input_columns"]
         if fmt == "votable":
-            out.write_bytes(results_votable(rows, meta))
+            out.write_bytes(results_votable(rows, meta, columns))
         else:
             writer = results_csv if fmt == "csv" else results_json
-            out.write_text("".join(writer(rows)), newline="")
+            out.write_text("".join(writer(rows, meta, columns)), newline="")
         return status
     finally:
         await runtime.aclose()

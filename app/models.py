@@ -149,6 +149,11 @@ class Job(Base):
     n_chunks: Mapped[int] = mapped_column(Integer)
     source: Mapped[str] = mapped_column(String(16))  # "json", "csv" or "votable"
     filename: Mapped[str | None] = mapped_column(String(255))
+    # The input's column names in order (every row's ``JobTarget.input_cells`` keys), so the
+    # results give the user's table back; None for jobs written before they were kept.
+    input_columns: Mapped[list[str] | None] = mapped_column(JSON)
+    # The model's caveat when the job was submitted (the mock-sky demo's notice), else None.
+    notice: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
@@ -203,6 +208,7 @@ class JobTarget(Base):
     prediction_id: Mapped[int | None] = mapped_column(
         ForeignKey("predictions.id", ondelete="SET NULL")
     )
+    input_cells: Mapped[dict | None] = mapped_column(JSON)  # the input row, by column name
 
     def __repr__(self) -> str:
         return f"<JobTarget {self.job_id}#{self.row} {self.status}>"

@@ -57,8 +57,9 @@ class Predictions:
     # ------------------------------------------------------------------ by position
     async def predict_coordinates(self, ra: float, dec: float) -> PredictionOut:
         """Cached, or: cutout (cached or fetched) → blank check → model → cache."""
-        key = (cache.sky_key(ra, dec), self.model.version, self.model.tta)
-        # Identical requests arriving together share one computation.
+        # Identical requests arriving together share one computation; the exact position is
+        # the key, so each answer echoes the position its own request asked for.
+        key = (ra, dec, self.model.version, self.model.tta)
         task = self._inflight.get(key)
         if task is None:
             task = asyncio.create_task(self._predict_coordinates(ra, dec))
@@ -171,6 +172,8 @@ class Predictions:
             source="coordinates" if row.kind == "sky" else "image",
             ra=located.ra if located is not None else row.ra,
             dec=located.dec if located is not None else row.dec,
+            matched_ra=row.ra,
+            matched_dec=row.dec,
             object=None if located is None else object_out(located, self.settings.skyserver_url),
             object_error=None if located is None else located.reason,
             image_sha256=row.image_sha256,

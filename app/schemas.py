@@ -92,6 +92,12 @@ class PredictionOut(BaseModel):
     source: Literal["coordinates", "image"]
     ra: float | None = Field(None, description="the position asked for (deg)")
     dec: float | None = Field(None, description="the position asked for (deg)")
+    matched_ra: float | None = Field(
+        None,
+        description="where the prediction was made (deg): the cutout's centre, on the SDSS "
+        "object when there is one; a cached answer's own position (within 0.5 arcsec)",
+    )
+    matched_dec: float | None = Field(None, description="as matched_ra, the declination")
     object: ObjectOut | None = Field(
         None,
         description="the SDSS object at the position (null: none within the match radius, "
@@ -168,6 +174,10 @@ class JobOut(BaseModel):
     tta: int
     source: str
     filename: str | None
+    notice: str | None = Field(None, description="the model's caveat (the mock-sky demo's)")
+    input_columns: list[str] = Field(
+        [], description="the input's columns, given back first in every results row"
+    )
     created_at: datetime
     finished_at: datetime | None
     links: dict[str, str] = Field(description="status and results URLs")

@@ -9,16 +9,20 @@ done.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from galmet.client import FORMATS, Client
 from galmet.errors import GalmetError
 
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", type=Path, help="targets: CSV (ra, dec[, id]), JSON or VOTable")
     parser.add_argument(
-        "--server", default="http://127.0.0.1:8000", help="the galmet service (%(default)s)"
+        "--server",
+        help=f"the galmet service (default: GALMET_URL, else {DEFAULT_SERVER})",
     )
     parser.add_argument("--wait", action="store_true", help="follow the job and save results")
     parser.add_argument(
@@ -32,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     if not args.file.is_file():
         raise GalmetError(f"{args.file}: no such file")
-    with Client(args.server, timeout=60) as client:
+    server = args.server or os.environ.get("GALMET_URL") or DEFAULT_SERVER
+    with Client(server, timeout=60) as client:
         job = client.submit(args.file)
         print(
             f"job {job['id']}: {job['n_targets']} targets "

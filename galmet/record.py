@@ -4,7 +4,8 @@ A model's raw record (``Predictor.predict_arrays``; what the cache stores) is ke
 checkpoint's output names (catalog columns: ``oh_p50``, ``lgm_tot_p50``). Users see the
 design's fields: ``oh_p50`` with ``oh_sigma`` and ``oh_p16``/``oh_p84`` (∓ sigma),
 ``log_mstar`` with ``log_mstar_sigma``, and the TTA spread of each value. The API, batch
-jobs, ``galmet predict`` and every export take them from ``public_fields``.
+jobs, ``galmet predict`` and every export take them from ``public_fields``, rounded to
+``DEX_DECIMALS`` there once, so every answer and format shows the same digits.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Mapping
 FIELDS = {"oh_p50": ("oh_p50", "oh_sigma"), "lgm_tot_p50": ("log_mstar", "log_mstar_sigma")}
 #: The value fields every prediction has (None where the model does not predict it).
 VALUE_FIELDS = ("oh_p50", "oh_sigma", "oh_p16", "oh_p84", "log_mstar", "log_mstar_sigma")
+#: Decimals of a value in dex users see: the model's own scatter is ~0.08 dex.
+DEX_DECIMALS = 4
 
 
 def field_names(output: str) -> tuple[str, str]:
@@ -41,5 +44,8 @@ def public_fields(
     oh, oh_sigma = values["oh_p50"], values["oh_sigma"]
     if oh is not None:
         values["oh_p16"], values["oh_p84"] = oh - oh_sigma, oh + oh_sigma
-    values["tta_spread"] = spread
+    for name, value in values.items():
+        if value is not None:
+            values[name] = round(value, DEX_DECIMALS)
+    values["tta_spread"] = {k: round(v, DEX_DECIMALS) for k, v in spread.items()}
     return values

@@ -47,6 +47,17 @@ def tiny_model(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory) -> Path:
+    """``tiny_model`` marked as the mock-sky demo, as ``galmet serve`` builds without a model."""
+    from galmet.app.demo import DEMO_NOTICE
+
+    path = tmp_path_factory.mktemp("demo") / "demo.pt"
+    config = {"image_size": 64, "pixel_scale": 0.396, "demo": True, "notice": DEMO_NOTICE}
+    tiny_checkpoint(config=config, sigma_scale={1: 1.0, 2: 1.0, 4: 1.0, 8: 1.0}).save(path)
+    return path
+
+
 POSTGRES_URL = os.environ.get(
     "GALMET_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )

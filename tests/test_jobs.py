@@ -71,11 +71,16 @@ def stored_status(database_url: str, job_id: str) -> dict:
         engine.dispose()
 
 
+def read_csv(text: str) -> list[dict[str, str]]:
+    """Rows of a results CSV, past its ``# key: value`` header lines."""
+    return list(csv.DictReader(line for line in io.StringIO(text) if not line.startswith("#")))
+
+
 def results(api: str, job_id: str) -> dict[str, object]:
     """The results in all three formats, parsed."""
     base = f"{api}{API}/jobs/{job_id}/results"
     as_json = httpx.get(base, timeout=60).json()
-    as_csv = list(csv.DictReader(io.StringIO(httpx.get(f"{base}?format=csv", timeout=60).text)))
+    as_csv = read_csv(httpx.get(f"{base}?format=csv", timeout=60).text)
     vot = httpx.get(f"{base}?format=votable", timeout=60)
     assert vot.headers["content-type"].startswith("application/x-votable+xml")
     table = parse_single_table(io.BytesIO(vot.content)).to_table()
@@ -128,8 +133,9 @@ def test_csv_job_every_row_in_three_formats_then_cached(api, mock_sky, mock_skys
             assert line["oh_p50"] == "" and line["reason"]
     # A job's prediction is the service's prediction for that position (one cache).
     g = by_row[1]
-    single = httpx.get(f"{api}{API}/predict", params={"ra": g["ra"], "dec": g["dec"]}).json()
-    assert single["cached"] is True and single["oh_p50"] == pytest.approx(g["oh_p50"])
+    where = {"ra": g["galmet_ra"], "dec": g["galmet_dec"]}  # ra, dec: the input's text
+    single = httpx.get(f"{api}{API}/predict", params=where).json()
+    assert single["cached"] is True and single["oh_p50"] == pytest.approx(g["oh_p50"], abs=5e-5)
 
     # Resubmitted: answered from the cache, SkyServer not asked again.
     before = mock_stats(mock_skyserver)["getjpeg"]
@@ -150,7 +156,8 @@ def test_json_job_and_sexagesimal(api, mock_sky):
     assert done["counts"] == {"queued": 0, "done": 1, "failed": 0, "invalid": 1}
     assert done["source"] == "json"
     rows = results(api, done["id"])["json"]
-    assert rows[0]["id"] == "7" and rows[0]["status"] == "done"
+    assert rows[0]["id"] == 7 and rows[0]["galmet_id"] == "7"  # the input's, then galmet's
+    assert rows[0]["status"] == "done"
     assert rows[1]["status"] == "invalid" and "ra" in rows[1]["reason"]
 
 

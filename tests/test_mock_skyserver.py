@@ -330,3 +330,18 @@ def test_cutout_cache_renders_each_cutout_once(mock_sky):
         again = httpx.get(f"{url}/SkyServerWS/ImgCutout/getjpeg", params=params)
     assert first.status_code == again.status_code == 200
     assert first.content == again.content and len(calls) == 1
+
+
+def test_mock_skyserver_with_data_loads_that_sky_and_says_so(tmp_path, capsys, monkeypatch):
+    import uvicorn
+
+    from galmet.cli import main
+
+    (tmp_path / "mock.json").write_text(json.dumps({"n": 12, "seed": 5, "config": {}}))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)  # no serving
+    assert main(["mock-skyserver", "--data", str(tmp_path), "--port", "0"]) == 0
+    err = capsys.readouterr().err
+    assert f"loading the mock sky of {tmp_path}" in err and "building" not in err
+    assert "spectra at http://127.0.0.1:" in err
+    assert main(["mock-skyserver", "--n", "12", "--port", "0"]) == 0
+    assert "building a mock sky of 12 galaxies" in capsys.readouterr().err

@@ -171,3 +171,24 @@ def test_parse_coordinates():
         parse_ra("25:00:00")
     with pytest.raises(GalmetError):
         parse_dec("inf")
+
+
+def test_an_unreachable_skyserver_is_named_with_the_setting_to_change(
+    tiny_model, capsys, monkeypatch
+):
+    import functools
+
+    import galmet.app.predict as predict_cli
+
+    # One quick try, not the client's patient retries: the message is what is tested.
+    quick = functools.partial(predict_cli.SkyServerClient, retries=1, backoff=0.01)
+    monkeypatch.setattr(predict_cli, "SkyServerClient", quick)
+    where = ["--ra", "150.0", "--dec", "2.2"]
+    args = ["predict", "--model", str(tiny_model), *where, "--device", "cpu"]
+    assert galmet([*args, "--skyserver", "http://127.0.0.1:9/dr17"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "http://127.0.0.1:9/dr17" in err
+    assert "--skyserver" in err and "GALMET_SKYSERVER_URL" in err
+    monkeypatch.setenv("GALMET_SKYSERVER_URL", "http://127.0.0.1:9/dr16")
+    assert galmet(args) == 2
+    assert "SkyServer at http://127.0.0.1:9/dr16" in capsys.readouterr().err

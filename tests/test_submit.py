@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import csv
-
 import pytest
 from astropy.io.votable import parse_single_table
 
 from galmet.cli import main
 from tests.helpers import service
-from tests.test_jobs import targets_csv
+from tests.test_jobs import read_csv, targets_csv
 
 
 @pytest.fixture
@@ -27,7 +25,7 @@ def test_submit_waits_with_a_progress_bar_and_saves_the_results(api, mock_sky, t
     out, err = capsys.readouterr()
     assert "33 targets (3 invalid rows)" in out and "done: 30 predicted, 0 failed, 3 invalid" in out
     assert "galmet job" in err and "33/33" in err  # the progress bar reached the end
-    saved = list(csv.DictReader((tmp_path / "targets.galmet.csv").open()))
+    saved = read_csv((tmp_path / "targets.galmet.csv").read_text())
     assert [r["id"] for r in saved] == [r["id"] for r in rows]
     assert sum(r["status"] == "done" for r in saved) == 30
 
@@ -42,6 +40,19 @@ def test_submit_without_wait_prints_the_job(api, mock_sky, tmp_path, capsys):
     targets.write_text(targets_csv(mock_sky, 3, bad=False)[0])
     assert main(["submit", str(targets), "--server", api]) == 0
     assert "/api/v1/jobs/" in capsys.readouterr().out
+
+
+def test_submit_takes_its_server_from_galmet_url(api, mock_sky, tmp_path, capsys, monkeypatch):
+    targets = tmp_path / "t.csv"
+    targets.write_text(targets_csv(mock_sky, 2, bad=False)[0])
+    monkeypatch.setenv("GALMET_URL", api + "/")
+    assert main(["submit", str(targets)]) == 0
+    assert f"{api}/api/v1/jobs/" in capsys.readouterr().out
+    # --server wins over the environment
+    monkeypatch.setenv("GALMET_URL", "http://127.0.0.1:9")
+    assert main(["submit", str(targets), "--server", api]) == 0
+    assert main(["submit", str(targets)]) == 2
+    assert "cannot reach the galmet service at http://127.0.0.1:9" in capsys.readouterr().err
 
 
 def test_submit_errors_are_one_line(api, tmp_path, capsys):

@@ -347,3 +347,40 @@ def test_parse_targets_sniffs_a_stream_that_cannot_seek(data: bytes) -> None:
 def test_parse_targets_whole_input_errors(data, filename, content_type, status, words) -> None:
     error = raises(status, parse_targets, io.BytesIO(data), filename, content_type, CAP)
     assert words in str(error)
+
+
+# ---------------------------------------------------------------------------- the whole row
+def test_csv_rows_keep_every_cell_by_column_name() -> None:
+    text = b"name,ra,dec,mag,,mag\na,150.1,2.2,17.1,x,3,extra\nb,400,1\n"
+    first, second = parse_targets(io.BytesIO(text), "t.csv", None, 10)
+    assert first.cells == {
+        "name": "a", "ra": "150.1", "dec": "2.2", "mag": "17.1", "col5": "x", "mag_2": "3",
+        "col7": "extra",
+    }  # fmt: skip
+    # an invalid row keeps its cells (ra as given), missing ones are None
+    assert second.error and second.cells == {
+        "name": "b", "ra": "400", "dec": "1", "mag": None, "col5": None, "mag_2": None,
+    }  # fmt: skip
+
+
+def test_json_and_votable_rows_keep_every_cell() -> None:
+    body = b'[{"ra": 1.5, "dec": 2, "z": 0.1, "tags": ["a"]}, 7, {"ra": "x", "dec": 1}]'
+    rows = parse_targets(io.BytesIO(body), "t.json", None, 10)
+    assert [r.cells for r in rows] == [
+        {"ra": 1.5, "dec": 2, "z": 0.1, "tags": ["a"]},
+        {"value": 7},
+        {"ra": "x", "dec": 1},
+    ]
+    table = Table()
+    table["RA"] = MaskedColumn([150.1, 400.0], unit="deg")
+    table["dec"] = [2.2, 1.0]
+    table["mag"] = MaskedColumn([17.5, np.nan], mask=[False, True])
+    table["name"] = ["p", "q"]
+    buffer = io.BytesIO()
+    from_table(table).to_xml(buffer)
+    buffer.seek(0)
+    rows = parse_targets(buffer, "t.vot", None, 10)
+    assert [r.cells for r in rows] == [
+        {"RA": 150.1, "dec": 2.2, "mag": 17.5, "name": "p"},
+        {"RA": 400.0, "dec": 1.0, "mag": None, "name": "q"},
+    ]

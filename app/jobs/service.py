@@ -54,6 +54,7 @@ class JobService:
                 chunk_size=s.job_chunk_size,
                 source=source,
                 filename=filename,
+                notice=m.notice,
             )
 
         try:

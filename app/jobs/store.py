@@ -39,9 +39,13 @@ def insert_job(
     chunk_size: int,
     source: str,
     filename: str | None,
+    notice: str | None = None,
 ) -> Job:
     """Write a job and all its rows in one transaction (nothing is written if ``rows`` raises
-    part-way, e.g. a file over the cap). Returns the job, committed."""
+    part-way, e.g. a file over the cap). Each row's input cells are kept, and the input's
+    columns (in order of first appearance) with the job, so the results give the user's table
+    back. ``notice`` is the model's caveat (the demo's), repeated in every results file.
+    Returns the job, committed."""
     job_id = str(uuid.uuid4())
     session.add(
         Job(
@@ -52,10 +56,12 @@ def insert_job(
             n_chunks=0,
             source=source,
             filename=filename,
+            notice=notice,
         )
     )
     session.flush()
     n_rows = n_valid = 0
+    columns: dict[str, None] = {}  # an ordered set
     pending: list[dict[str, Any]] = []
     try:
         for r in rows:
@@ -71,8 +77,10 @@ def insert_job(
                     "dec": r.dec,
                     "status": "queued" if valid else "invalid",
                     "reason": r.error,
+                    "input_cells": r.cells,
                 }
             )
+            columns.update(dict.fromkeys(r.cells or ()))
             n_valid += valid
             if len(pending) >= _INSERT_BATCH:
                 session.execute(insert(JobTarget), pending)
@@ -88,6 +96,7 @@ def insert_job(
             )
         job = session.get(Job, job_id)
         job.n_targets, job.n_chunks = n_rows, n_chunks
+        job.input_columns = list(columns)
         if n_chunks == 0:
             job.finished_at = stamp  # nothing valid to run: finished as submitted
         session.commit()
@@ -143,13 +152,16 @@ def job_status(session: Session, job_id: str) -> dict | None:
         "tta": job.tta,
         "source": job.source,
         "filename": job.filename,
+        "notice": job.notice,
+        "input_columns": job.input_columns or [],
         "created_at": job.created_at,
         "finished_at": job.finished_at,
     }
 
 
 def job_results(session: Session, job_id: str) -> list[dict]:
-    """One dict per input row, in input order (the ``galmet.app.results`` contract)."""
+    """One dict per input row, in input order (the ``galmet.app.results`` contract), with
+    the input row's cells under ``"input"``."""
     rows = session.execute(
         select(JobTarget, Prediction)
         .outerjoin(Prediction, Prediction.id == JobTarget.prediction_id)
@@ -172,6 +184,7 @@ def job_results(session: Session, job_id: str) -> list[dict]:
             "cached": t.cached,
             "flags": [],
             "reason": t.reason,
+            "input": t.input_cells or {},
         }
         if p is not None:
             fields = public_fields(p.outputs, p.sigma, p.tta_spread)

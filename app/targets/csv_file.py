@@ -17,6 +17,7 @@ from galmet.app.targets.rows import (
     norm_name,
     one_line_reason,
     too_many,
+    unique_names,
 )
 
 #: No target line is anywhere near this long; the cap stops one enormous "line" (a file
@@ -83,11 +84,24 @@ def parse_csv_targets(stream: BinaryIO, max_targets: int) -> Iterator[TargetRow]
     delimiter = next((d for d in (",", "\t", ";") if d in header_line), ",")
     reader = csv.reader(lines, delimiter=delimiter, skipinitialspace=True)
     header = next(csv.reader([header_line], delimiter=delimiter, skipinitialspace=True), [])
-    return _csv_rows(reader, find_columns([norm_name(h) for h in header]), max_targets)
+    cols = find_columns([norm_name(h) for h in header])
+    return _csv_rows(reader, cols, unique_names(header), max_targets)
+
+
+def _cells(names: list[str], fields: list[str]) -> dict[str, str | None]:
+    """The row by column name; a missing cell is None, a cell past the header's columns is
+    kept under its position's name (``col7``)."""
+    cells: dict[str, str | None] = dict.fromkeys(names)
+    for i, value in enumerate(fields):
+        cells[names[i] if i < len(names) else f"col{i + 1}"] = value
+    return cells
 
 
 def _csv_rows(
-    reader: Iterator[list[str]], cols: tuple[int, int, int | None], max_targets: int
+    reader: Iterator[list[str]],
+    cols: tuple[int, int, int | None],
+    names: list[str],
+    max_targets: int,
 ) -> Iterator[TargetRow]:
     ra_i, dec_i, id_i = cols
     row = 0
@@ -108,6 +122,7 @@ def _csv_rows(
             fields[ra_i] if ra_i < len(fields) else None,
             fields[dec_i] if dec_i < len(fields) else None,
             fields[id_i] if id_i is not None and id_i < len(fields) else None,
+            _cells(names, fields),
         )
     if row == 0:
         raise no_targets()

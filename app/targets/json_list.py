@@ -11,6 +11,7 @@ from galmet.app.targets.rows import (
     RA_NAMES,
     TargetRow,
     TargetsError,
+    json_cell,
     make_row,
     missing_columns,
     no_targets,
@@ -50,15 +51,18 @@ def parse_json_targets(data: Any, max_targets: int) -> list[TargetRow]:
 
 def _json_row(row: int, target: Any) -> TargetRow:
     if not isinstance(target, dict):
-        return TargetRow(row, None, None, None, f"row {row}: a target must be an object")
+        reason = f"row {row}: a target must be an object"
+        return TargetRow(row, None, None, None, reason, {"value": json_cell(target)})
+    cells = json_cell(target)
     names = [norm_name(k) for k in target]
     values = list(target.values())
     try:
         cols = [pick_column(names, aliases, what) for aliases, what in ALIASES]
     except TargetsError as exc:  # {"ra": 1, "RA": 2}: ambiguous for this row only
-        return TargetRow(row, None, None, None, one_line_reason(f"row {row}: {exc.message}"))
+        reason = one_line_reason(f"row {row}: {exc.message}")
+        return TargetRow(row, None, None, None, reason, cells)
     ra, dec, ident = (None if i is None else values[i] for i in cols)
-    return make_row(row, ra, dec, ident)
+    return make_row(row, ra, dec, ident, cells)
 
 
 def read_json_targets(stream: BinaryIO, max_targets: int) -> list[TargetRow]:

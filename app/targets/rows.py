@@ -7,8 +7,9 @@ names.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,10 @@ class TargetRow:
     ra: float | None  # decimal degrees, None when the row is invalid
     dec: float | None
     error: str | None  # one-line reason when the row is invalid, else None
+    #: The row's cells as the user gave them, by column name (JSON-able: text, numbers,
+    #: booleans, None), so the results can give the user's table back. Not compared: two
+    #: rows are the same target whatever else they carry.
+    cells: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 class TargetsError(ValueError):
@@ -93,8 +98,11 @@ def _id_text(value: Any) -> str | None:
     return str(value).strip() or None
 
 
-def make_row(row: int, ra: Any, dec: Any, ident: Any = None) -> TargetRow:
-    """A checked row from raw cells; every problem of the row goes into ``error``."""
+def make_row(
+    row: int, ra: Any, dec: Any, ident: Any = None, cells: dict[str, Any] | None = None
+) -> TargetRow:
+    """A checked row from raw cells; every problem of the row goes into ``error``.
+    ``cells`` is the whole input row, kept as given (see ``TargetRow.cells``)."""
     problems: list[str] = []
     try:
         id_text = _id_text(ident)
@@ -110,10 +118,41 @@ def make_row(row: int, ra: Any, dec: Any, ident: Any = None) -> TargetRow:
         except ValueError as exc:
             problems.append(str(exc))  # both coordinates are checked: report every problem
     if problems:
-        return TargetRow(
-            row, id_text, None, None, one_line_reason(f"row {row}: " + "; ".join(problems))
-        )
-    return TargetRow(row, id_text, degrees[0], degrees[1], None)
+        reason = one_line_reason(f"row {row}: " + "; ".join(problems))
+        return TargetRow(row, id_text, None, None, reason, cells)
+    return TargetRow(row, id_text, degrees[0], degrees[1], None, cells)
+
+
+def json_cell(value: Any) -> Any:
+    """A cell as the database's JSON column can hold it: numpy scalars and arrays as Python
+    values, bytes as text, NaN and infinities as None (strict JSON has none)."""
+    if isinstance(value, np.ndarray | np.generic):
+        value = value.tolist()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [json_cell(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): json_cell(v) for k, v in value.items()}
+    return value
+
+
+def unique_names(names: Iterable[Any]) -> list[str]:
+    """Column names as the results will show them: stripped, a blank one named by its
+    position (``col3``), a repeated one numbered (``mag``, ``mag_2``)."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for i, name in enumerate(names, start=1):
+        base = str(name).strip() or f"col{i}"
+        unique, k = base, 1
+        while unique in seen:
+            k += 1
+            unique = f"{base}_{k}"
+        seen.add(unique)
+        out.append(unique)
+    return out
 
 
 def norm_name(name: Any) -> str:

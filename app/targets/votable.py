@@ -15,6 +15,7 @@ from galmet.app.targets.rows import (
     ALIASES,
     TargetRow,
     TargetsError,
+    json_cell,
     make_row,
     missing_columns,
     no_targets,
@@ -22,6 +23,7 @@ from galmet.app.targets.rows import (
     one_line_reason,
     pick_column,
     too_many,
+    unique_names,
 )
 
 
@@ -92,7 +94,21 @@ def parse_votable_targets(stream: BinaryIO, max_targets: int) -> list[TargetRow]
         mask = np.ma.getmaskarray(column)
         # tolist() turns numpy scalars into Python ones; masked (null) cells become None
         cells.append([None if m else v for v, m in zip(column.data.tolist(), mask, strict=True)])
+    every = _all_cells(array, unique_names(f.name or f.ID for f in fields))
     return [
-        make_row(row, ra, dec, ident)
+        make_row(row, ra, dec, ident, every[row - 1])
         for row, (ra, dec, ident) in enumerate(zip(*cells, strict=True), start=1)
     ]
+
+
+def _all_cells(array: np.ma.MaskedArray, names: list[str]) -> list[dict[str, Any]]:
+    """Every row's cells by column name, as given (null cells None), for the results."""
+    columns = []
+    for key in array.dtype.names:
+        column = array[key]
+        values = [json_cell(v) for v in column.data.tolist()]
+        if column.ndim == 1:
+            mask = np.ma.getmaskarray(column)
+            values = [None if m else v for v, m in zip(values, mask, strict=True)]
+        columns.append(values)
+    return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]

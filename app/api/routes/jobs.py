@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from galmet.app.api.deps import JobsDep, SettingsDep
 from galmet.app.errors import ApiError
-from galmet.app.results import results_csv, results_json, results_votable
+from galmet.app.results import results_csv, results_json, results_meta, results_votable
 from galmet.app.schemas import ErrorOut, JobOut, TargetIn
 
 router = APIRouter(tags=["jobs"])
@@ -116,26 +116,30 @@ async def job_results(
     jobs: JobsDep,
     format: Literal["json", "csv", "votable"] = Query("json", description="json, csv or votable"),
 ) -> Response:
-    """Every input row, in input order, with its prediction or the reason it has none
-    (unanswered rows of a running job show ``queued``)."""
+    """Every input row, in input order: the input's columns as given, then the prediction or
+    the reason there is none (unanswered rows of a running job show ``queued``), with the
+    model version, TTA and the model's notice."""
     job_id = _check_id(job_id)
     status, rows = await jobs.job_results(job_id)
     name = f"galmet-{job_id}"
+    meta = results_meta(status)
+    columns = status["input_columns"]
     if format == "csv":
         return StreamingResponse(
-            _grouped(results_csv(rows)),
+            _grouped(results_csv(rows, meta, columns)),
             media_type="text/csv",
             headers={"Content-Disposition": f'attachment; filename="{name}.csv"'},
         )
     if format == "votable":
-        meta = {k: status[k] for k in ("id", "status", "model_version", "tta", "n_targets")}
         # astropy's writer takes seconds for a large job: off the event loop.
         return Response(
-            await to_thread.run_sync(results_votable, rows, meta),
+            await to_thread.run_sync(results_votable, rows, meta, columns),
             media_type="application/x-votable+xml",
             headers={"Content-Disposition": f'attachment; filename="{name}.vot"'},
         )
-    return StreamingResponse(_grouped(results_json(rows)), media_type="application/json")
+    return StreamingResponse(
+        _grouped(results_json(rows, meta, columns)), media_type="application/json"
+    )
 
 
 def _grouped(lines: Iterator[str], size: int = 500) -> Iterator[str]:
