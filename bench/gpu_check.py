@@ -93,6 +93,8 @@ PROFILES = {
     },
 }
 HEAVY = ("astropy", "galsim", "fastapi", "starlette", "sqlalchemy", "celery", "platformdirs")
+#: Log lines that say why a step failed.
+ERRORS = ("galmet: error", "Error:", "Traceback", "NCCL WARN")
 TARGETS = {"train_images_per_s": 25_000, "infer_tta1_images_per_s": 50_000}
 TARGETS |= {"infer_tta8_images_per_s": 8_000, "agreement_dex": 0.005}
 
@@ -317,6 +319,9 @@ def main() -> int:
         if not step["ok"]:
             lines = (work / "logs" / f"{name}.log").read_text(errors="replace").splitlines()
             step["log_tail"] = [line[-300:] for line in lines[-15:]]
+            # The causes, which torchrun's own report or a traceback may push out of the tail.
+            causes = [ln for ln in lines if any(mark in ln for mark in ERRORS)]
+            step["log_errors"] = [line[-300:] for line in causes[-5:]]
         steps[name] = step
         if name == "environment" and device is None:
             device = step.get("device", "cpu")

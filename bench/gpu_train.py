@@ -113,5 +113,7 @@ def ddp(ctx: dict, report) -> None:
         "checkpoint": ck is not None,
         "test_rmse": ck.metrics["results"]["tta1"]["oh_p50"]["rmse"] if ck else None,
     }
+    if rc != 0:
+        report.data["error"] = f"torchrun exited with {rc} (see the step's log)"
     report.data["ok"] = bool(rc == 0 and ck is not None and seen.get("ddp"))
     report.save()

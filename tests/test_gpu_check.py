@@ -112,7 +112,8 @@ def test_a_failing_step_is_reported_and_the_check_goes_on(tmp_path):
     assert res.returncode == 1 and not report["ok"]
     assert list(steps) == ["environment", "inference", "ddp"] and steps["environment"]["ok"]
     assert not steps["inference"]["ok"] and "images/*.jpg" in json.dumps(steps["inference"])
-    assert not steps["ddp"]["ok"] and "no catalog.csv" in "\n".join(steps["ddp"]["log_tail"])
+    assert not steps["ddp"]["ok"] and "torchrun exited" in steps["ddp"]["error"]
+    assert any("no catalog.csv" in line for line in steps["ddp"]["log_errors"])
 
 
 def gone(pid: int) -> bool:
