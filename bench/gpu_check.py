@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -174,12 +175,13 @@ def environment(ctx: dict, report: Report) -> None:
         image = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
         decoded = decode_jpeg([encode_jpeg(image)], device=device)[0]
         d["nvjpeg"] = tuple(decoded.shape) == (3, 64, 64) and decoded.is_cuda
-        smi = subprocess.run(
-            ["nvidia-smi", "--format=csv,noheader", "--query-gpu="
-             "driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw"],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        d["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()[:200]
+        if shutil.which("nvidia-smi"):
+            smi = subprocess.run(
+                ["nvidia-smi", "--format=csv,noheader", "--query-gpu="
+                 "driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw"],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            d["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()[:200]
     import torch.distributed as dist
 
     d["nccl_available"] = dist.is_nccl_available()
@@ -243,6 +245,10 @@ def figures(steps: dict, on_gpu: bool) -> dict:
         if plain:
             f["train_plain_images_per_s"] = plain[0]["images_per_s"]
             f["train_speedup"] = round(best["images_per_s"] / plain[0]["images_per_s"], 2)
+    syncs = [r for r in pick(tp.get("sync", [])) if "skipped" not in r]
+    if syncs:
+        keep = ("syncs_at_4_steps", "syncs_at_12_steps", "none_per_step")
+        f["host_syncs_per_epoch"] = {k: syncs[0][k] for k in keep}
     dataset = pick(tp.get("dataset", []))
     if dataset:
         ds = dataset[0]

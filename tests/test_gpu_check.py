@@ -143,3 +143,40 @@ def test_a_step_past_its_limit_is_stopped_with_its_children(tmp_path):
     while not all(gone(int(pid)) for pid in pids.read_text().split()):
         assert time.monotonic() < deadline, "a child outlived its step"
         time.sleep(0.2)
+
+
+def test_figures_judge_speed_on_a_gpu_only_and_agreement_everywhere():
+    sys.path.insert(0, str(BENCH))
+    try:
+        from gpu_check import figures
+    finally:
+        sys.path.remove(str(BENCH))
+    rows = [
+        {"mode": "plain", "batch": 512, "ok": True, "images_per_s": 9000.0},
+        {"mode": "fast", "batch": 512, "ok": True, "images_per_s": 27000.0},
+        {"mode": "compile", "batch": 512, "ok": False, "error": "InductorError: ..."},
+    ]
+    infer = [
+        {"decode": "nvjpeg", "tta": 1, "ok": True, "images_per_s": 40000.0, "peak_mem_mb": 3e3},
+        {"decode": "nvjpeg", "tta": 8, "ok": True, "images_per_s": 9000.0, "peak_mem_mb": 5e3},
+        {"decode": "pillow", "tta": 1, "ok": True, "images_per_s": 4000.0, "peak_mem_mb": 3e3},
+    ]
+    agreement = [
+        {"tta": 1, "ok": True, "max_abs_dex": 0.002},
+        {"tta": 8, "ok": True, "max_abs_dex": 0.006},
+    ]
+    steps = {
+        "train_throughput": {"rows": rows},
+        "inference": {"rows": infer, "agreement": agreement},
+    }
+    gpu = figures(steps, on_gpu=True)
+    assert gpu["train_images_per_s"] == {
+        "value": 27000.0, "target": 25000, "met": True, "mode": "fast", "batch": 512
+    }  # fmt: skip
+    assert gpu["train_speedup"] == 3.0
+    assert gpu["infer_tta1_images_per_s"]["met"] is False  # 40,000 < 50,000
+    assert gpu["infer_tta8_images_per_s"]["met"] is True
+    assert gpu["agreement_dex"] == {"value": 0.006, "target": 0.005, "met": False}
+    cpu = figures(steps, on_gpu=False)
+    assert cpu["train_images_per_s"]["met"] is None and cpu["agreement_dex"]["met"] is False
+    assert cpu["infer_tta1_images_per_s"]["value"] == 4000.0  # Pillow's row on the CPU
