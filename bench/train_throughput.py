@@ -32,7 +32,6 @@ import time
 
 import numpy as np
 import torch
-from astropy.table import Table
 
 from galmet.d4 import N_D4, d4
 from galmet.device import pick_device
@@ -40,6 +39,7 @@ from galmet.model import build_model
 from galmet.preprocess import normalise
 from galmet.training.config import TrainConfig
 from galmet.training.dataset import GalaxyData, TargetScaler
+from galmet.training.table import CatalogTable
 from galmet.training.trainer import (
     GROUP_LR_RATIOS,
     Trainer,
@@ -55,7 +55,7 @@ def random_data(n: int, size: int, seed: int = 0) -> GalaxyData:
     gen = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=gen)
     targets = np.random.default_rng(seed).normal(9.0, 0.1, (n, 1))
-    return GalaxyData(Table({"objID": np.arange(n)}), images, targets, ["oh_p50"])
+    return GalaxyData(CatalogTable({"objID": np.arange(n)}), images, targets, ["oh_p50"])
 
 
 def loop_d4(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

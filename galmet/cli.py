@@ -71,6 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def missing_package(command: str, exc: ModuleNotFoundError) -> int:
+    """One line for a command whose package is not installed here (a bare GPU machine has
+    torch but not astropy, GalSim or the web stack); galmet's own modules re-raise."""
+    package = (exc.name or "").partition(".")[0]
+    if not package or package == "galmet":
+        raise exc
+    print(
+        f"galmet: error: galmet {command} needs the package {package!r}, which is not "
+        "installed here (pip install galmet installs it)",
+        file=sys.stderr,
+    )
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -79,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(known, "command", None):
         parser.print_help()
         return 2
-    module = importlib.import_module(known._module)
+    try:
+        module = importlib.import_module(known._module)
+    except ModuleNotFoundError as exc:
+        return missing_package(known.command, exc)
     sub = argparse.ArgumentParser(
         prog=f"galmet {known.command}", description=COMMANDS[known.command][1]
     )
@@ -87,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     args = sub.parse_args(argv[argv.index(known.command) + 1 :])
     try:
         return int(module.main(args) or 0)
+    except ModuleNotFoundError as exc:  # a lazy import of an optional part
+        return missing_package(known.command, exc)
     except GalmetError as exc:
         print(f"galmet: error: {exc}", file=sys.stderr)
         return 2

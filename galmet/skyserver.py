@@ -25,13 +25,6 @@ from typing import TYPE_CHECKING, Self
 
 import httpx
 import numpy as np
-from aiolimiter import AsyncLimiter
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
 from galmet import __version__
 from galmet.errors import GalmetError
@@ -185,6 +178,10 @@ class SkyServerClient:
         #: Requests sent so far, retries included.
         self.requests_sent = 0
         self._semaphore = asyncio.Semaphore(concurrency)
+        # Imported here, as tenacity is in _get: the predictor reads this module's cutout
+        # geometry, and training runs on a bare GPU machine that has neither package.
+        from aiolimiter import AsyncLimiter
+
         # One request start per 1/rate seconds: a bucket of one, so no bursts.
         self._limiter = AsyncLimiter(1, 1.0 / rate) if rate else None
         self._http = httpx.AsyncClient(
@@ -287,6 +284,13 @@ class SkyServerClient:
         errors SkyServer explains in JSON are final; with ``retry_timeouts`` false, so is a
         timeout.
         """
+        from tenacity import (
+            AsyncRetrying,
+            retry_if_exception,
+            stop_after_attempt,
+            wait_random_exponential,
+        )
+
         timeout = timeout or self.timeout
         attempts = self.retries + 1
         retrying = AsyncRetrying(

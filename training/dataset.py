@@ -4,7 +4,8 @@ Images are decoded once (in parallel) and kept as one uint8 tensor (N, 3, H, W):
 cutouts of 128 px take 6.4 GB, and batches are then plain index operations, augmented on
 whatever device they go to (``galmet train`` moves the whole tensor to the GPU when it
 fits: ``training.trainer.stage_images``). Targets are chosen by catalog column name and
-normalised with the training split's mean and standard deviation.
+normalised with the training split's mean and standard deviation. The catalog is read
+without astropy (``training.table``): training runs on bare GPU machines.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from astropy.table import Table
 from tqdm import tqdm
 
 from galmet.errors import GalmetError
 from galmet.images import decode_image
+from galmet.training.table import CatalogTable, read_csv_table
 
 #: The paper's 90k / 20k / 20k split of ~130k galaxies, as fractions.
 SPLIT_FRACTIONS = {"train": 90 / 130, "valid": 20 / 130, "test": 20 / 130}
@@ -81,7 +82,7 @@ class TargetScaler:
 class GalaxyData:
     """Everything training and evaluation need, in memory, rows sorted by objID."""
 
-    catalog: Table
+    catalog: CatalogTable
     images: torch.Tensor  # uint8 (N, 3, H, W)
     targets: np.ndarray  # float64 (N, T), in physical units
     target_names: list[str]
@@ -94,16 +95,17 @@ class GalaxyData:
         return len(self.catalog)
 
 
-def read_catalog(data_dir: Path, catalog: Path | None = None) -> Table:
+def read_catalog(data_dir: Path, catalog: Path | None = None) -> CatalogTable:
     """``DIR/catalog.csv`` (or ``catalog``) sorted by objID."""
     path = Path(catalog) if catalog is not None else Path(data_dir) / "catalog.csv"
     if not path.exists():
         raise GalmetError(
             f"no catalog.csv in {data_dir} (make one with galmet simulate or catalog)"
         )
-    cat = Table.read(path, format="ascii.csv")
-    cat.sort("objID")
-    return cat
+    cat = read_csv_table(path)
+    if "objID" not in cat.colnames:
+        raise GalmetError(f"{path} has no objID column")
+    return cat.sorted_by("objID")
 
 
 def load_images(
@@ -141,7 +143,7 @@ def load_images(
 
 def select_rows(
     data_dir: Path, targets: list[str], limit: int | None = None, catalog: Path | None = None
-) -> tuple[Table, np.ndarray, list[Path]]:
+) -> tuple[CatalogTable, np.ndarray, list[Path]]:
     """Catalog rows with an image and a valid value of every target: (rows, y, image paths).
 
     Rows without an image file (blank or failed downloads) or with a missing target value
