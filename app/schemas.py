@@ -19,20 +19,22 @@ def _utc(value: datetime) -> datetime:
 UtcDateTime = Annotated[datetime, AfterValidator(_utc)]
 
 # The forms of a position the API documents, and accepts (anchored by fullmatch): decimal
-# degrees, or sexagesimal with ``:``, spaces or letters (RA in hours). Fractions are bounded so
-# that no accepted text rounds to 360 or past 90. Stricter than what ``galmet.sky`` can parse
-# (no exponents, no spaces around): a generated client's check and the server's agree.
+# degrees (as many digits as a float prints, and the exponent Python gives small ones, 1e-05),
+# or sexagesimal with ``:``, spaces or letters (RA in hours). Only where a long fraction could
+# round up past the range (RA 359.x, seconds) is it bounded. Stricter than what ``galmet.sky``
+# can parse (no 1.5e2, no spaces around): a generated client's check and the server's agree.
 _MIN = r"[0-5]?[0-9]"
 _SEC = _MIN + r"(?:\.[0-9]{1,6})?"
-_FRAC = r"(?:\.[0-9]{1,8})?"
+_FRAC = r"(?:\.[0-9]+)?"
+_SMALL = r"[0-9](?:\.[0-9]+)?[eE]-[0-9]{1,3}"  # below 10 degrees whatever the digits
 _HOURS = r"(?:[01]?[0-9]|2[0-3])"
 _DEG = r"[0-8]?[0-9]"
 RA_FORM = (
-    rf"(?:[0-9]{{1,2}}|[12][0-9]{{2}}|3[0-5][0-9]){_FRAC}"
-    rf"|{_HOURS}(?::{_MIN}(?::{_SEC})?| {_MIN}(?: {_SEC})?|h{_MIN}m(?:{_SEC}s)?)"
+    rf"(?:[0-9]{{1,2}}|[12][0-9]{{2}}|3[0-4][0-9]|35[0-8]){_FRAC}|359(?:\.[0-9]{{1,12}})?"
+    rf"|{_SMALL}|{_HOURS}(?::{_MIN}(?::{_SEC})?| {_MIN}(?: {_SEC})?|h{_MIN}m(?:{_SEC}s)?)"
 )
 DEC_FORM = (
-    rf"[+-]?(?:{_DEG}{_FRAC}|90(?:\.0{{1,8}})?"
+    rf"[+-]?(?:{_DEG}{_FRAC}|90(?:\.0+)?|{_SMALL}"
     rf"|{_DEG}(?::{_MIN}(?::{_SEC})?| {_MIN}(?: {_SEC})?|d{_MIN}m(?:{_SEC}s)?)"
     r"|90(?::00?(?::00?)?| 00?(?: 00?)?|d00?m(?:00?s)?))"
 )
