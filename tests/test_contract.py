@@ -9,11 +9,15 @@ bench run is ``bench/fuzz.py``.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
+import httpx
 import schemathesis
 from schemathesis.python import asgi
 
 from galmet.app.core.config import Settings
 from galmet.app.main import create_app
+from tests.helpers import service
 from tests.schemathesis_hooks import EXCLUSIONS, contract_config, run_contract
 
 #: Per operation and phase; about 1,200 cases in all (seconds, in-process).
@@ -75,3 +79,17 @@ def test_every_exclusion_says_why():
     # The only check turned off anywhere is the one the job design asks for.
     off = [(e.method, e.path, e.check) for e in EXCLUSIONS if e.statuses is None]
     assert off == [("POST", "/api/v1/jobs", "negative_data_rejection")]
+
+
+def test_times_are_utc_with_an_offset_on_every_database(
+    tiny_model, mock_skyserver, tmp_path, database_url
+):
+    """SQLite keeps no time zone and PostgreSQL keeps one: both answer RFC 3339 UTC."""
+    with service(tiny_model, mock_skyserver, database_url, tmp_path) as api:
+        r = httpx.post(f"{api}/api/v1/jobs", json=[{"ra": "bad", "dec": 0}], timeout=60)
+        assert r.status_code == 202, r.text
+        job = httpx.get(r.headers["Location"], timeout=60).json()
+    for key in ("created_at", "finished_at"):  # every row invalid: finished at once
+        stamp = datetime.fromisoformat(job[key])
+        assert job[key].endswith(("Z", "+00:00")) and stamp.utcoffset() == timedelta(0)
+        assert abs(datetime.now(UTC) - stamp) < timedelta(minutes=5)
