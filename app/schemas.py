@@ -200,7 +200,8 @@ class ErrorOut(BaseModel):
 
 
 class TargetIn(BaseModel):
-    """One target of a JSON batch job."""
+    """One target of a JSON batch job. Rows are checked one by one: a row that is not a valid
+    target does not fail the job; it is kept, reported ``invalid`` with its reason."""
 
     ra: RaIn
     dec: DecIn
