@@ -8,6 +8,7 @@ reason. Nothing else is excluded: a new failure is a defect of the service or of
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass, field
 
 import schemathesis
@@ -96,6 +97,25 @@ def contract_config(max_examples: int, seed: int | None = None) -> SchemathesisC
     if seed is not None:
         config["seed"] = seed
     return SchemathesisConfig.from_dict(config)
+
+
+def contract_toml() -> str:
+    """``schemathesis.toml`` at the repository root: the exclusions for a plain
+    ``st run http://…/openapi.json`` (the CLI finds the file), reasons as comments."""
+    lines = [
+        "# galmet's API against its own schema: st run http://127.0.0.1:8000/openapi.json",
+        "# Written by tests/schemathesis_hooks.py (contract_toml) from its EXCLUSIONS;",
+        "# tests/test_contract.py keeps the two the same.",
+    ]
+    for e in EXCLUSIONS:
+        lines += ["", *(f"# {line}" for line in textwrap.wrap(e.reason, 94))]
+        lines += ["[[operations]]", f'include-name = "{e.method} {e.path}"']
+        if e.statuses is None:
+            lines.append(f"checks.{e.check}.enabled = false")
+        else:
+            statuses = ", ".join(f'"{s}"' for s in (*ACCEPTED, *e.statuses))
+            lines.append(f"checks.{e.check}.expected-statuses = [{statuses}]")
+    return "\n".join(lines) + "\n"
 
 
 def _merged(operations: list[dict]) -> list[dict]:
