@@ -13,12 +13,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import pytest
 import schemathesis
 from schemathesis.config import SchemathesisConfig
 from schemathesis.python import asgi
 
+from galmet.app.api.routes.predict import _position
 from galmet.app.core.config import Settings
+from galmet.app.errors import ApiError
 from galmet.app.main import create_app
+from galmet.app.schemas import DEC_TEXT, RA_TEXT
 from tests.helpers import service
 from tests.schemathesis_hooks import (
     ACCEPTED,
@@ -120,3 +124,37 @@ def test_times_are_utc_with_an_offset_on_every_database(
         stamp = datetime.fromisoformat(job[key])
         assert job[key].endswith(("Z", "+00:00")) and stamp.utcoffset() == timedelta(0)
         assert abs(datetime.now(UTC) - stamp) < timedelta(minutes=5)
+
+
+@pytest.mark.parametrize(
+    "ra, dec, want",
+    [
+        ("150.12345678901234", "-1e-05", (150.12345678901234, -1e-05)),  # a float's repr
+        ("10:00:24", "+02:12:00", (150.1, 2.2)),
+        ("10 00 24", "+02d12m00s", (150.1, 2.2)),
+        ("359.999999999999", "-90", (359.999999999999, -90.0)),
+        (150.5, -2, (150.5, -2.0)),  # JSON numbers
+    ],
+)
+def test_the_documented_forms_are_taken(ra, dec, want):
+    assert _position(ra, dec) == pytest.approx(want)
+    for value, form in ((ra, RA_TEXT), (dec, DEC_TEXT)):
+        assert isinstance(value, int | float) or form.fullmatch(value)
+
+
+@pytest.mark.parametrize(
+    "ra, dec, words",
+    [
+        ("1.5e2", "0", "not in a documented form"),  # astropy reads it; the schema does not
+        (" 150", "0", "not in a documented form"),
+        ("150", "2.2 ", "dec '2.2 ' is not in a documented form"),
+        ("400", "0", "ra must be in [0, 360)"),  # the range keeps its own reason
+        ("10", "-91", "dec must be in [-90, 90]"),
+        ("", "0", "ra is empty"),
+    ],
+)
+def test_other_forms_are_a_422_saying_why(ra, dec, words):
+    with pytest.raises(ApiError) as refused:
+        _position(ra, dec)
+    assert refused.value.status == 422 and words in refused.value.detail
+    assert not (RA_TEXT.fullmatch(ra) and DEC_TEXT.fullmatch(dec))

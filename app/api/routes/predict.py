@@ -60,8 +60,8 @@ def _position(ra: float | str, dec: float | str) -> tuple[float, float]:
         if isinstance(value, str) and not form.fullmatch(value):
             raise ApiError(
                 422,
-                f"{name} {value!r} is not in a documented form: decimal degrees "
-                "(no exponent, no spaces around) or sexagesimal, e.g. 150.1 or 10:00:24",
+                f"{name} {value!r} is not in a documented form: decimal degrees (150.1, "
+                "1e-05; not 1.5e2, no spaces around) or sexagesimal (10:00:24)",
             )
     return position
 
