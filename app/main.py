@@ -13,12 +13,14 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from galmet.app.api.errors import allowed_methods
 from galmet.app.api.routes import info, jobs, metrics, predict, scs, web
 from galmet.app.core.config import Settings, get_settings
 from galmet.app.docs_pages import add_docs_pages
 from galmet.app.errors import ApiError
 from galmet.app.metrics import REQUEST_SECONDS
 from galmet.app.runtime import Runtime
+from galmet.engine import EngineBusy
 
 log = logging.getLogger("galmet.api")
 API = "/api/v1"
@@ -75,6 +77,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail, "flags": exc.flags}, status_code=exc.status)
 
+    @app.exception_handler(EngineBusy)
+    async def busy(request: Request, exc: EngineBusy) -> JSONResponse:
+        retry = str(max(1, round(exc.retry_after)))
+        return JSONResponse(
+            {"detail": str(exc), "flags": ["overloaded"]}, 503, {"Retry-After": retry}
+        )
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
@@ -83,7 +92,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": str(exc.detail), "flags": []}, exc.status_code)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # RFC 9110: a 405 says what is allowed, for the whole path
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return JSONResponse({"detail": str(exc.detail), "flags": []}, exc.status_code, headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -55,6 +55,7 @@ class Runtime:
             batch_wait_ms=settings.batch_wait_ms,
             tta=model.tta,
             on_batch=observe_batch,
+            max_queue=settings.max_queue,
         )
         await engine.start()
         skyserver = SkyServerClient(

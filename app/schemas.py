@@ -2,10 +2,69 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Literal
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+
+
+def _utc(value: datetime) -> datetime:
+    """Times are UTC with an offset whatever the database: SQLite keeps none, so a naive
+    time from it is UTC, and an aware one (PostgreSQL) is put in UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+#: A time in UTC, written with its offset (RFC 3339 ``date-time``).
+UtcDateTime = Annotated[datetime, AfterValidator(_utc)]
+
+# The forms of a position the API documents, and accepts (anchored by fullmatch): decimal
+# degrees (as many digits as a float prints, and the exponent Python gives small ones, 1e-05),
+# or sexagesimal with ``:``, spaces or letters (RA in hours). Only where a long fraction could
+# round up past the range (RA 359.x, seconds) is it bounded. Stricter than what ``galmet.sky``
+# can parse (no 1.5e2, no spaces around): a generated client's check and the server's agree.
+_MIN = r"[0-5]?[0-9]"
+_SEC = _MIN + r"(?:\.[0-9]{1,6})?"
+_FRAC = r"(?:\.[0-9]+)?"
+_SMALL = r"[0-9](?:\.[0-9]+)?[eE]-[0-9]{1,3}"  # below 10 degrees whatever the digits
+_HOURS = r"(?:[01]?[0-9]|2[0-3])"
+_DEG = r"[0-8]?[0-9]"
+RA_FORM = (
+    rf"(?:[0-9]{{1,2}}|[12][0-9]{{2}}|3[0-4][0-9]|35[0-8]){_FRAC}|359(?:\.[0-9]{{1,12}})?"
+    rf"|{_SMALL}|{_HOURS}(?::{_MIN}(?::{_SEC})?| {_MIN}(?: {_SEC})?|h{_MIN}m(?:{_SEC}s)?)"
+)
+DEC_FORM = (
+    rf"[+-]?(?:{_DEG}{_FRAC}|90(?:\.0+)?|{_SMALL}"
+    rf"|{_DEG}(?::{_MIN}(?::{_SEC})?| {_MIN}(?: {_SEC})?|d{_MIN}m(?:{_SEC}s)?)"
+    r"|90(?::00?(?::00?)?| 00?(?: 00?)?|d00?m(?:00?s)?))"
+)
+RA_TEXT = re.compile(RA_FORM)
+DEC_TEXT = re.compile(DEC_FORM)
+RA_STRING = {
+    "type": "string",
+    "pattern": f"^(?:{RA_FORM})$",
+    "description": "right ascension: decimal degrees in [0, 360), or hours hh:mm[:ss.s], "
+    "hh mm ss.s or 10h00m00s",
+    "examples": ["150.0", "10:00:24"],
+}
+DEC_STRING = {
+    "type": "string",
+    "pattern": f"^(?:{DEC_FORM})$",
+    "description": "declination: decimal degrees in [-90, 90], or dd:mm[:ss.s], dd mm ss.s or "
+    "+02d12m00s",
+    "examples": ["2.2", "+02:12:00"],
+}
+_RA_JSON = {
+    "anyOf": [{"type": "number", "minimum": 0, "exclusiveMaximum": 360}, RA_STRING],
+    "description": RA_STRING["description"],
+}
+_DEC_JSON = {
+    "anyOf": [{"type": "number", "minimum": -90, "maximum": 90}, DEC_STRING],
+    "description": DEC_STRING["description"],
+}
+#: A coordinate of a request body, as the schema states it (checked by the routes).
+RaIn = Annotated[float | str, WithJsonSchema(_RA_JSON)]
+DecIn = Annotated[float | str, WithJsonSchema(_DEC_JSON)]
 
 EXAMPLE_PREDICTION = {
     "oh_p50": 8.98,
@@ -50,8 +109,8 @@ class CoordinatesIn(BaseModel):
         }
     )
 
-    ra: float | str = Field(description="right ascension: degrees, or hh:mm:ss")
-    dec: float | str = Field(description="declination: degrees, or dd:mm:ss")
+    ra: RaIn
+    dec: DecIn
 
 
 class ObjectOut(BaseModel):
@@ -147,10 +206,11 @@ class ErrorOut(BaseModel):
 
 
 class TargetIn(BaseModel):
-    """One target of a JSON batch job."""
+    """One target of a JSON batch job. Rows are checked one by one: a row that is not a valid
+    target does not fail the job; it is kept, reported ``invalid`` with its reason."""
 
-    ra: float | str = Field(description="right ascension: decimal degrees or sexagesimal")
-    dec: float | str = Field(description="declination: decimal degrees or sexagesimal")
+    ra: RaIn
+    dec: DecIn
     id: str | int | None = Field(None, description="your identifier, returned with the result")
 
 
@@ -178,6 +238,6 @@ class JobOut(BaseModel):
     input_columns: list[str] = Field(
         [], description="the input's columns, given back first in every results row"
     )
-    created_at: datetime
-    finished_at: datetime | None
+    created_at: UtcDateTime
+    finished_at: UtcDateTime | None
     links: dict[str, str] = Field(description="status and results URLs")

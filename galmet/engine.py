@@ -41,6 +41,15 @@ class EngineClosed(RuntimeError):
     """The engine was closed before (or while) the request could run."""
 
 
+class EngineBusy(RuntimeError):
+    """More images wait for the model than the engine's bound: try again in ``retry_after``
+    seconds (the time the waiting work is expected to take)."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 @dataclass
 class _Request:
     """One ``predict`` call: its future and its records as batches fill them in."""
@@ -100,16 +109,22 @@ class InferenceEngine:
         batch_wait_ms: float = 5.0,
         tta: int | None = None,
         on_batch: Callable[[int, float], None] | None = None,
+        max_queue: int | None = None,
     ) -> None:
-        """``on_batch(images, seconds)`` is called after each batch (the service's metrics)."""
+        """``on_batch(images, seconds)`` is called after each batch (the service's metrics).
+        ``max_queue`` bounds the images waiting for the model that a ``predict(...,
+        shed=True)`` may join (None: no bound); beyond it such a call raises ``EngineBusy``."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if max_queue is not None and max_queue < 0:
+            raise ValueError("max_queue must not be negative")
         if batch_wait_ms < 0:
             raise ValueError("batch_wait_ms must not be negative")
         self.predictor = predictor
         self.batch_size = batch_size
         self.batch_wait = batch_wait_ms / 1000
         self.tta = default_tta(predictor.device, tta)  # when predict is given none
+        self.max_queue = max_queue
         self._on_batch = on_batch
         self.stats = EngineStats()
         # One thread: the model is never used by two threads at once.
@@ -161,16 +176,37 @@ class InferenceEngine:
         await self.aclose()
 
     # ------------------------------------------------------------------ requests
-    async def predict(self, images: list[np.ndarray], tta: int | None = None) -> list[dict]:
+    @property
+    def waiting(self) -> int:
+        """Images queued for the model, not yet in a batch."""
+        return sum(len(queue) for queue in self._queues.values())
+
+    def retry_after(self) -> float:
+        """Seconds the waiting images are expected to take (from the forward passes so far)."""
+        per_image = self.stats.busy_seconds / self.stats.images if self.stats.images else 0.0
+        return max(1.0, self.waiting * per_image)
+
+    async def predict(
+        self, images: list[np.ndarray], tta: int | None = None, shed: bool = False
+    ) -> list[dict]:
         """One record per image (decoded RGB uint8, the model's input size), in order.
 
         Raises ``ValueError`` at once for bad input (so it never fails anyone else's batch),
-        and whatever the forward pass raised for the batch this request was part of.
+        and whatever the forward pass raised for the batch this request was part of. With
+        ``shed`` (a request someone waits on, that can be asked again), raises ``EngineBusy``
+        at once rather than queue past ``max_queue`` waiting images: a bounded wait, not an
+        ever-growing queue of timeouts.
         """
         tta = check_tta(self.tta if tta is None else tta)
         check_images(images, self.predictor.input_size)
         if not images:
             return []
+        if shed and self.max_queue is not None and self.waiting + len(images) > self.max_queue:
+            raise EngineBusy(
+                f"overloaded: {self.waiting} images wait for the model (the bound is "
+                f"{self.max_queue}); try again later",
+                self.retry_after(),
+            )
         await self.start()
         loop = asyncio.get_running_loop()
         request = _Request(loop.create_future(), [None] * len(images), len(images))

@@ -12,9 +12,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from galmet.app.api.deps import JobsDep, SettingsDep
+from galmet.app.api.errors import errors
 from galmet.app.errors import ApiError
 from galmet.app.results import results_csv, results_json, results_meta, results_votable
-from galmet.app.schemas import ErrorOut, JobOut, TargetIn
+from galmet.app.schemas import JobOut, TargetIn
 
 router = APIRouter(tags=["jobs"])
 
@@ -23,18 +24,28 @@ _SUBMIT_BODY = {
     "required": True,
     "content": {
         "application/json": {
-            "schema": {"type": "array", "items": TargetIn.model_json_schema()},
+            "schema": {
+                "type": "array",
+                "items": TargetIn.model_json_schema(),
+                "minItems": 1,
+                "description": "the targets, at least one. Rows are checked one by one: a row "
+                "that is not a valid target does not fail the job, it is kept and reported "
+                "invalid, with its reason, in the results",
+            },
             "example": [{"ra": 150.1, "dec": 2.2, "id": "a"}, {"ra": "10:00:24", "dec": "+02:12"}],
         },
         "multipart/form-data": {
             "schema": {
                 "type": "object",
-                "properties": {"file": {"type": "string", "format": "binary"}},
+                "properties": {"file": {"type": "string", "format": "binary", "minLength": 1}},
                 "required": ["file"],
             },
             "encoding": {"file": {"contentType": "text/csv, application/x-votable+xml"}},
         },
-        "text/csv": {"schema": {"type": "string"}, "example": "id,ra,dec\na,150.1,2.2\n"},
+        "text/csv": {
+            "schema": {"type": "string", "minLength": 1},
+            "example": "id,ra,dec\na,150.1,2.2\n",
+        },
     },
 }
 
@@ -55,13 +66,17 @@ def _check_id(job_id: str) -> str:
     status_code=202,
     response_model=JobOut,
     openapi_extra={"requestBody": _SUBMIT_BODY},
-    responses={
-        400: {"model": ErrorOut, "description": "unreadable file"},
-        413: {"model": ErrorOut, "description": "too many targets, or file too large"},
-        415: {"model": ErrorOut, "description": "not JSON, CSV or VOTable"},
-        422: {"model": ErrorOut, "description": "no targets, or no ra/dec columns"},
-        503: {"model": ErrorOut, "description": "the broker did not answer"},
-    },
+    responses=errors(
+        400,
+        413,
+        415,
+        422,
+        e400="unreadable file: not UTF-8, invalid JSON, a table that cannot be read",
+        e413="too many targets, or file too large",
+        e415="not JSON, CSV or VOTable",
+        e422="no targets, or no ra/dec columns",
+        e503="not ready, or the broker did not answer",
+    ),
 )
 async def submit_job(request: Request, jobs: JobsDep, settings: SettingsDep) -> JSONResponse:
     """Submit targets as a JSON list, a CSV or VOTable file upload (form field ``file``), or a
@@ -93,7 +108,7 @@ async def submit_job(request: Request, jobs: JobsDep, settings: SettingsDep) -> 
     "/jobs/{job_id}",
     response_model=JobOut,
     name="job_status",
-    responses={404: {"model": ErrorOut, "description": "no such job"}},
+    responses=errors(404, 422, e404="no such job", e422="a malformed request"),
 )
 async def job_status(job_id: str, request: Request, jobs: JobsDep) -> JobOut:
     """Status, counts (queued, done, failed, invalid) and progress of a job."""
@@ -108,7 +123,7 @@ async def job_status(job_id: str, request: Request, jobs: JobsDep) -> JobOut:
             "description": "one row per input row: a prediction or the reason there is none",
             "content": {"text/csv": {}, "application/x-votable+xml": {}},
         },
-        404: {"model": ErrorOut, "description": "no such job"},
+        **errors(404, 422, e404="no such job", e422="an unknown format"),
     },
 )
 async def job_results(

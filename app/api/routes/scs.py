@@ -34,17 +34,21 @@ VOTABLE_FORMATS = {
 }
 _VOTABLE = {"content": {CONTENT_TYPE: {"schema": {"type": "string"}}}}
 _PARAMETERS = [
-    {"name": "RA", "in": "query", "required": True, "schema": {"type": "number"},
+    {"name": "RA", "in": "query", "required": True,
+     "schema": {"type": "number", "minimum": 0, "maximum": 360},
      "description": "right ascension of the cone's centre, decimal degrees (ICRS), 0..360"},
-    {"name": "DEC", "in": "query", "required": True, "schema": {"type": "number"},
+    {"name": "DEC", "in": "query", "required": True,
+     "schema": {"type": "number", "minimum": -90, "maximum": 90},
      "description": "declination of the centre, decimal degrees (ICRS), -90..90"},
-    {"name": "SR", "in": "query", "required": True, "schema": {"type": "number"},
-     "description": "search radius, degrees (0: the metadata, no rows)"},
+    {"name": "SR", "in": "query", "required": True, "schema": {"type": "number", "minimum": 0},
+     "description": "search radius, degrees (0: the metadata, no rows); at most "
+                    "GALMET_SCS_MAX_SR (0.1 by default), stated in every answer"},
     {"name": "VERB", "in": "query", "schema": {"type": "integer", "enum": [1, 2, 3]},
      "description": "1: fewest columns, 2 (default), 3: all"},
     {"name": "MAXREC", "in": "query", "schema": {"type": "integer", "minimum": 0},
      "description": "at most this many galaxies, the nearest (0: the metadata)"},
-    {"name": "RESPONSEFORMAT", "in": "query", "schema": {"type": "string"},
+    {"name": "RESPONSEFORMAT", "in": "query",
+     "schema": {"type": "string", "enum": sorted(VOTABLE_FORMATS)},
      "description": "votable (the only format)"},
 ]  # fmt: skip
 
