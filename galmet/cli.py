@@ -48,6 +48,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "galmet.training.evaluate",
         "RMSE, NMAD, outliers and figures of a model on the test split",
     ),
+    "resolution": (
+        "galmet.training.resolution",
+        "the paper's resolution study: one model per image size, table and figure",
+    ),
     "predict": (
         "galmet.app.predict",
         "predictions for image files or sky coordinates, without the server",

@@ -83,9 +83,13 @@ def test_scatter_and_oracle_floor_match_configuration(big_sky):
     err = np.asarray(s["oh_p50"] - s["true_oh"])
     assert abs(np.std(err) - np.sqrt(np.mean(np.asarray(s["true_oh_err"]) ** 2))) < 0.004
     assert abs(big_sky.oracle_floor() - big_sky.expected_oracle_floor()) < 0.004
-    # Total scatter at fixed (true) mass is the ~0.07 dex of real galaxies plus noise.
-    at_fixed_mass = np.std(np.asarray(s["true_oh"]) - tremonti_mmr(np.asarray(s["true_logm"])))
-    assert 0.06 < at_fixed_mass < 0.09
+    # Scatter at fixed (true) mass: the ~0.07 dex of real massive galaxies, wider in dwarfs
+    # (Tremonti et al. 2004), where the SFR term is stronger and the main sequence broader.
+    logm = np.asarray(s["true_logm"])
+    offset = np.asarray(s["true_oh"]) - tremonti_mmr(logm)
+    massive, dwarf = np.std(offset[logm > 10.5]), np.std(offset[logm < 9.5])
+    assert 0.05 < massive < 0.085
+    assert massive + 0.02 < dwarf < 0.16
 
 
 def test_image_information_beyond_gri_magnitudes(big_sky):

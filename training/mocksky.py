@@ -22,6 +22,22 @@ from galmet.training.sample import CATALOG_COLUMNS, mask
 
 __all__ = ["MockSky", "MockSkyConfig"]
 
+#: The population knobs added when the mock was matched to the real sample's metallicity
+#: distribution, at the values that reproduce a sky written before them (whose mock.json
+#: does not list them): Bell's M/L, quenching and AGN at higher mass, no mass dependence of
+#: the main sequence's scatter or the SFR term.
+_BEFORE_REAL_MATCH = {
+    "ml_intercept": -0.306,
+    "ml_slope": 1.097,
+    "quench_logm": 10.5,
+    "quench_width": 0.25,
+    "agn_max": 0.3,
+    "agn_logm": 10.6,
+    "sfms_scatter_low": 0.3,
+    "disk_gr_min": 0.2,
+    "fmr_slope_low": -0.10,
+}
+
 
 class MockSky:
     """A deterministic mock sky of ``n`` sample galaxies (plus spectroscopic objects that
@@ -49,11 +65,11 @@ class MockSky:
         """The mock sky that ``galmet simulate`` wrote to ``path`` (read from mock.json)."""
         meta = json.loads((Path(path) / "mock.json").read_text())
         known = {f.name for f in fields(MockSkyConfig)}
-        config = {
-            k: tuple(v) if isinstance(v, list) else v
-            for k, v in meta.get("config", {}).items()
-            if k in known
-        }
+        stored = meta.get("config", {})
+        config = {k: v for k, v in _BEFORE_REAL_MATCH.items() if stored and k not in stored}
+        config.update(
+            {k: tuple(v) if isinstance(v, list) else v for k, v in stored.items() if k in known}
+        )
         return cls(meta["n"], meta["seed"], MockSkyConfig(**config))
 
     def metadata(self) -> dict:
