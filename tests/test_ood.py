@@ -129,7 +129,9 @@ def test_galmet_predict_shows_the_score(trained, tmp_path, capsys):
     assert galmet(["predict", "--model", str(out), str(image), "--json", "--tta", "1"]) == 0
     (rec,) = json.loads(capsys.readouterr().out)
     assert rec["ood_score"] > 0
-    assert (OOD_FLAG in rec["flags"]) == (rec["ood_score"] > Checkpoint.load(out).ood["threshold"][1])
+    assert (OOD_FLAG in rec["flags"]) == (
+        rec["ood_score"] > Checkpoint.load(out).ood["threshold"][1]
+    )
     assert galmet(["predict", "--model", str(out), str(image), "--tta", "1"]) == 0
     assert "ood" in capsys.readouterr().out.splitlines()[0]
 
