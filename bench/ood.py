@@ -4,8 +4,9 @@ ones, and inputs unlike them.
     python bench/ood.py --out /tmp/ood-bench            # ~10 min on a 2-core CPU
 
 Simulates a mock sample (``--n`` galaxies, ``--size`` px at ``--scale`` ″/px), trains a small
-model on it at that size (the demo's recipe: AdamW, 1 frozen + ``--cycles`` SGDR cycles;
-both are reused from ``--out`` when there), then scores, at TTA 1 and 4:
+model on it at that size or resized to ``--train-size`` (the demo's recipe: AdamW, 1 frozen
++ ``--cycles`` SGDR cycles; both are reused from ``--out`` when there; ``--model`` scores
+another checkpoint, fitting its statistics first if it has none), then scores, at TTA 1, 4:
 
 - held-out galaxies: the test split, which neither training nor the threshold saw;
 - star-only cutouts: a point source of r = 14-18 mag (stellar colours) at the centre;
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from astropy.table import Table
 
+from galmet.d4 import check_tta
 from galmet.images import decode_image
 from galmet.predictor import Predictor
 from galmet.training.config import TrainConfig
@@ -36,10 +38,9 @@ from galmet.training.dataset import load_data, split_indices
 from galmet.training.mock_population import FOOTPRINT, colour_offsets, nmgy
 from galmet.training.mock_render import Renderer, encode_jpeg
 from galmet.training.mocksky import MockSky
+from galmet.training.ood import OOD_QUANTILE, fit_ood
 from galmet.training.simulate import simulate
 from galmet.training.train import train
-
-TTA_LEVELS = (1, 4)
 
 
 def random_positions(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -111,19 +112,35 @@ def build_sets(data_dir: Path, data, test_rows: np.ndarray, size: int, n_ood: in
     return sets
 
 
+def test_rmse(predictor: Predictor, data, rows: np.ndarray) -> float:
+    """RMSE of the first output on ``rows`` without TTA (dex)."""
+    pred = predictor.predict_images(data.images[torch.from_numpy(rows)], 1)
+    return float(np.sqrt(np.mean((pred.mean[:, 0] - data.targets[rows, 0]) ** 2)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="work folder (reused)")
     parser.add_argument("--n", type=int, default=3000, help="mock galaxies to simulate")
-    parser.add_argument("--size", type=int, default=64, help="image pixels (trained as is)")
+    parser.add_argument("--size", type=int, default=64, help="image pixels")
+    parser.add_argument(
+        "--train-size", type=int, default=None, help="resize to this for training (default: as is)"
+    )
     parser.add_argument("--scale", type=float, default=0.396, help="arcsec per pixel")
     parser.add_argument("--cycles", type=int, default=2, help="SGDR cycles (1, 2, 4 … epochs)")
     parser.add_argument("--n-ood", type=int, default=300, help="images per unlike set")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--tta", type=int, nargs="+", default=[1, 4], help="TTA levels to score at (1 2 4 8)"
+    )
+    parser.add_argument(
+        "--model", type=Path, help="score this checkpoint instead of OUT/model.pt (its data: OUT)"
+    )
     args = parser.parse_args()
+    levels = [check_tta(t) for t in args.tta]
     torch.set_num_threads(max(1, torch.get_num_threads()))
     started = time.perf_counter()
-    data_dir, model = args.out / "data", args.out / "model.pt"
+    data_dir, model = args.out / "data", args.model or args.out / "model.pt"
     if not (data_dir / "mock.json").exists():
         simulate(args.n, data_dir, args.seed, args.size, args.scale, workers=2)
     simulated = time.perf_counter()
@@ -131,6 +148,7 @@ def main() -> None:
         cfg = TrainConfig(
             data=str(data_dir),
             out=str(model),
+            size=args.train_size,
             batch_size=64,
             optimizer="adamw",
             lr=1e-3,
@@ -144,38 +162,49 @@ def main() -> None:
 
     predictor = Predictor.from_file(model)
     ck = predictor.checkpoint
-    data = load_data(data_dir, list(ck.outputs), None, None, progress=False)
-    test_rows = split_indices(len(data), ck.split_seed)["test"]
+    data = load_data(data_dir, list(ck.outputs), ck.input_size, None, progress=False)
+    split = split_indices(len(data), ck.split_seed)
+    test_rows = split["test"]
+    if not ck.ood:
+        # A checkpoint written before the statistics existed (or at a cycle end of a run
+        # still going): fit them as training's end does, on the same split.
+        fit_ood(predictor, data, [split["train"]])
+        predictor = Predictor(ck)
+        valid = data.images[torch.from_numpy(split["valid"])]
+        ck.ood["threshold"] = {
+            tta: float(np.quantile(predictor.predict_images(valid, tta).ood_score, OOD_QUANTILE))
+            for tta in levels
+        }
     sets = build_sets(data_dir, data, test_rows, ck.input_size, args.n_ood, args.scale)
     rendered = time.perf_counter()
 
     results: dict = {}
-    print(f"{'set':26s}{'n':>6s}" + "".join(f"{f'flag TTA{t}':>11s}" for t in TTA_LEVELS), end="")
-    print("".join(f"{f'median TTA{t}':>13s}" for t in TTA_LEVELS))
+    print(f"{'set':26s}{'n':>6s}" + "".join(f"{f'flag TTA{t}':>11s}" for t in levels), end="")
+    print("".join(f"{f'median TTA{t}':>13s}" for t in levels))
     for name, images in sets.items():
         entry: dict = {"n": len(images)}
-        for tta in TTA_LEVELS:
+        for tta in levels:
             scores = predictor.predict_images(images, tta).ood_score
             assert scores is not None, "the model has no OOD statistics"
             threshold = predictor.ood_threshold(tta)
             entry[f"flagged_tta{tta}"] = float(np.mean(scores > threshold))
             entry[f"median_tta{tta}"] = float(np.median(scores))
         results[name] = entry
-        flags = "".join(f"{entry[f'flagged_tta{t}']:11.1%}" for t in TTA_LEVELS)
-        medians = "".join(f"{entry[f'median_tta{t}']:13.3f}" for t in TTA_LEVELS)
+        flags = "".join(f"{entry[f'flagged_tta{t}']:11.1%}" for t in levels)
+        medians = "".join(f"{entry[f'median_tta{t}']:13.3f}" for t in levels)
         print(f"{name:26s}{len(images):6d}{flags}{medians}")
-    thresholds = {t: predictor.ood_threshold(t) for t in TTA_LEVELS}
+    thresholds = {t: predictor.ood_threshold(t) for t in levels}
     print(
         "thresholds (99th percentile of validation): "
         + ", ".join(f"TTA{t} {v:.3f}" for t, v in thresholds.items())
         + f"; {len(data)} galaxies, {ck.input_size} px, "
-        + f"test RMSE (TTA1) {ck.metrics['results']['tta1']['oh_p50']['rmse']:.4f} dex"
+        + f"test RMSE (TTA1) {test_rmse(predictor, data, test_rows):.4f} dex"
     )
     summary = {
         "n_galaxies": len(data),
         "size": ck.input_size,
         "scale": args.scale,
-        "epochs": 1 + TrainConfig(data="", out="", cycles=args.cycles).epochs,
+        "epochs": len(ck.history),
         "thresholds": thresholds,
         "sets": results,
         "seconds": {
