@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from galmet.app.models import Base, Cutout, Identification, Prediction
 from galmet.d4 import TTA_LEVELS
 from galmet.objects import SdssObject
+from galmet.record import record_flags
 from galmet.sky import check_position, separation_arcsec
 
 MATCH_ARCSEC = 0.5  # a request this close to a cached position is a hit
@@ -85,7 +86,8 @@ def store_prediction(session: Session, **item: Any) -> Prediction:
     """Cache a prediction for a sky position (``ra``, ``dec``) or an image (``image_sha256``).
 
     Keywords: ``model_version``, ``tta``, ``outputs``, ``sigma``, ``tta_spread``, optional
-    ``flags``, and the key: ``ra`` and ``dec``, or ``image_sha256`` (``kind``, "sky" or
+    ``flags``, ``ood_score`` and ``out_of_distribution`` (the raw record's; the flag joins
+    ``flags``), and the key: ``ra`` and ``dec``, or ``image_sha256`` (``kind``, "sky" or
     "image", may be given to state which; it must agree with the key). Idempotent and safe
     under concurrency: when the key is already cached (by an earlier or a concurrent call)
     nothing is written and the cached row is returned. Commits.
@@ -109,6 +111,8 @@ def _prediction_values(
     sigma: dict[str, float],
     tta_spread: dict[str, float],
     flags: Sequence[str] = (),
+    ood_score: float | None = None,
+    out_of_distribution: bool = False,
     ra: float | None = None,
     dec: float | None = None,
     image_sha256: str | None = None,
@@ -127,6 +131,7 @@ def _prediction_values(
             raise ValueError("give either ra and dec, or image_sha256, not both")
         image_sha256 = _check_sha256(image_sha256)
         kind, target_key = "image", f"img:{image_sha256}"
+    raised = {"out_of_distribution": out_of_distribution}
     return {
         "kind": kind,
         "target_key": target_key,
@@ -138,7 +143,8 @@ def _prediction_values(
         "outputs": dict(outputs),
         "sigma": dict(sigma),
         "tta_spread": dict(tta_spread),
-        "flags": list(flags),
+        "flags": list(dict.fromkeys([*flags, *record_flags(raised)])),
+        "ood_score": ood_score,
     }
 
 

@@ -80,6 +80,9 @@ class Prediction(Base):
     sigma: Mapped[dict[str, float]] = mapped_column(JSON)
     tta_spread: Mapped[dict[str, float]] = mapped_column(JSON)
     flags: Mapped[list[str]] = mapped_column(JSON)  # quality flags, e.g. ["blank_cutout"]
+    # Out-of-distribution score (galmet.predictor.ood_scores); None for a model without the
+    # feature statistics. Its flag, when above the model's threshold, is in ``flags``.
+    ood_score: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     def __repr__(self) -> str:

@@ -36,7 +36,7 @@ from galmet.predictor import (
     fetch_geometry,
     training_geometry,
 )
-from galmet.record import field_names, public_fields
+from galmet.record import field_names, public_fields, record_flags
 from galmet.skyserver import DEFAULT_SCALE, DEFAULT_SKYSERVER_URL, SkyServerClient, SkyServerError
 
 
@@ -188,22 +188,25 @@ def records(sources: list[Source], raw: list[dict], version: str, tta: int) -> l
             rec |= {"ra": src.ra, "dec": src.dec, "object": src.object}
             if src.object_error:
                 rec["object_error"] = src.object_error
-        fields = public_fields(r["outputs"], r["sigma"], r["tta_spread"])
-        rec |= {k: v for k, v in fields.items() if v is not None}
-        rec |= {"tta": tta, "model_version": version, "flags": src.flags}
+        fields = public_fields(r["outputs"], r["sigma"], r["tta_spread"], r.get("ood_score"))
+        rec |= {k: v for k, v in fields.items() if v is not None or k == "ood_score"}
+        flags = list(dict.fromkeys([*src.flags, *record_flags(r)]))
+        rec |= {"tta": tta, "model_version": version, "flags": flags}
         out.append(rec)
     return out
 
 
 def format_table(recs: list[dict], outputs: list[str]) -> str:
-    """A plain text table: source, each output ± sigma, TTA spread, model version, flags."""
+    """A plain text table: source, each output ± sigma, TTA spread, OOD score, model
+    version, flags."""
     names = [field_names(o) for o in outputs]
-    header = ["source"] + [v for v, _ in names] + ["tta spread", "model", "flags"]
+    header = ["source"] + [v for v, _ in names] + ["tta spread", "ood", "model", "flags"]
     rows = [
         [r["source"]]
         + [f"{r[v]:.3f} ± {r[s]:.3f}" for v, s in names]
         + [
             ", ".join(f"{r['tta_spread'][v]:.4f}" for v, _ in names),
+            "-" if r.get("ood_score") is None else f"{r['ood_score']:.3f}",
             r["model_version"][:12],
             ",".join(r["flags"]) or "-",
         ]

@@ -162,7 +162,7 @@ class Predictions:
         m = self.model
         flags = list(row.flags) + (located.flags if located is not None else [])
         return PredictionOut(
-            **public_fields(row.outputs, row.sigma, row.tta_spread),
+            **public_fields(row.outputs, row.sigma, row.tta_spread, row.ood_score),
             tta=row.tta,
             model_version=m.version,
             model_name=m.name,

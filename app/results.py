@@ -47,13 +47,14 @@ RESULT_COLUMNS = (
     "log_mstar",
     "log_mstar_sigma",
     "oh_tta_spread",
+    "ood_score",
     "cached",
     "flags",
     "reason",
 )
 _FLOATS = frozenset(
     ("ra", "dec", "separation_arcsec", "oh_p50", "oh_sigma", "oh_p16", "oh_p84", "log_mstar")
-    + ("log_mstar_sigma", "oh_tta_spread")
+    + ("log_mstar_sigma", "oh_tta_spread", "ood_score")
 )
 _INTEGERS = ("objID", "type")
 _TEXTS = ("id", "status", "flags", "reason")
@@ -97,6 +98,13 @@ _VOTABLE_FIELDS: dict[str, tuple[str | None, str | None, str]] = {
         "dex",
         "stat.stdev;phys.abund.Z",
         "standard deviation of oh_p50 over the test-time augmentation copies",
+    ),
+    "ood_score": (
+        None,
+        "stat.fit.goodness",
+        "out-of-distribution score: Mahalanobis distance of the image's features from the "
+        "training set's over sqrt(their number), about 1 for a typical training galaxy; "
+        "flagged out_of_distribution above the model's threshold",
     ),
     "cached": (None, "meta.code", "true when the prediction came from the cache"),
     "flags": (

@@ -75,6 +75,7 @@ EXAMPLE_PREDICTION = {
     "log_mstar_sigma": None,
     "tta": 8,
     "tta_spread": {"oh_p50": 0.012},
+    "ood_score": 0.962,
     "model_version": "12942675c3f6e0a4…",
     "model_name": "oh",
     "demo": False,
@@ -142,12 +143,22 @@ class PredictionOut(BaseModel):
     log_mstar_sigma: float | None = None
     tta: int = Field(description="test-time augmentation copies averaged (1, 2, 4 or 8)")
     tta_spread: dict[str, float] = Field(description="std of each output over the TTA copies")
+    ood_score: float | None = Field(
+        None,
+        description="out-of-distribution score: the Mahalanobis distance of the image's "
+        "features from the training set's, over the square root of their number (about 1 for "
+        "a typical training galaxy); above the model's threshold (the 99th percentile of its "
+        "validation galaxies) the flags hold out_of_distribution. Null for a model trained "
+        "before the score existed",
+    )
     model_version: str = Field(description="SHA-256 of the checkpoint file")
     model_name: str
     demo: bool = Field(description="true for the mock-sky demo model: not for science")
     notice: str | None = None
     cached: bool = Field(description="answered from the cache")
-    flags: list[str] = Field(description="quality flags, e.g. grayscale_converted, resized")
+    flags: list[str] = Field(
+        description="quality flags, e.g. grayscale_converted, resized, out_of_distribution"
+    )
     source: Literal["coordinates", "image"]
     ra: float | None = Field(None, description="the position asked for (deg)")
     dec: float | None = Field(None, description="the position asked for (deg)")

@@ -12,8 +12,9 @@ One inference engine, two ways to feed it:
 
 Images reach both already decoded by ``galmet.images.decode_image(data,
 predictor.input_size)``, the preprocessing of training. A record is
-``{"outputs": {name: value}, "sigma": {name: value}, "tta_spread": {name: value}}`` in
-physical units (dex), keyed by the checkpoint's output names (``oh_p50``, ``lgm_tot_p50``).
+``{"outputs": {name: value}, "sigma": {name: value}, "tta_spread": {name: value},
+"ood_score": float | None, "out_of_distribution": bool}``, values in physical units (dex),
+keyed by the checkpoint's output names (``oh_p50``, ``lgm_tot_p50``).
 """
 
 from __future__ import annotations

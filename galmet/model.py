@@ -70,10 +70,17 @@ class GalmetNet(nn.Module):
         return nn.Sequential(self.stem, self.layer1, self.layer2, self.layer3, self.layer4)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.head[:-1](self.body()(x))
+        mean, log_sigma, _ = self.forward_features(x)
+        return mean, log_sigma
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(prediction, log sigma, pooled features): the last is the head's input, (N, 1024),
+        whose training-set statistics give the out-of-distribution score."""
+        pooled = self.head[0](self.body()(x))
+        hidden = self.head[1:-1](pooled)
         mean = self.head[-1](hidden).float()
         log_sigma = self.sigma(hidden.detach()).float()
-        return mean, log_sigma.clamp(-7.0, 5.0)
+        return mean, log_sigma.clamp(-7.0, 5.0), pooled
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         """Three groups for discriminative learning rates, as in the paper (fastai's split
@@ -147,6 +154,14 @@ class Checkpoint:
     averaged). ``target_mean``/``target_std`` undo the target normalisation;
     ``sigma_scale`` maps a TTA level (1, 2, 4, 8) to the factor that calibrates sigma on
     the validation split at that level (more copies add their spread to sigma).
+
+    ``ood`` (empty in checkpoints from before it existed: their predictions have no
+    out-of-distribution score) holds the statistics of the head's input, the pooled features,
+    on the training images: ``members``, one ``{"mean": (F,), "precision": (F, F)}`` per
+    model state (float32 tensors; a Ledoit-Wolf shrunk covariance, inverted), and
+    ``threshold``, per TTA level the 99th percentile of the validation split's scores
+    (``galmet.predictor.ood_scores``), above which a prediction is flagged
+    ``out_of_distribution``; ``quantile`` (0.99) and ``n_train``/``n_valid`` say how.
     """
 
     outputs: list[str]
@@ -164,6 +179,7 @@ class Checkpoint:
     data: str = ""
     metrics: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
+    ood: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"format": CHECKPOINT_FORMAT} | self.__dict__

@@ -1,4 +1,5 @@
-"""Prediction from a checkpoint: D4 test-time augmentation, ensembles, calibrated sigma.
+"""Prediction from a checkpoint: D4 test-time augmentation, ensembles, calibrated sigma,
+and an out-of-distribution score.
 
 ``Predictor`` is what training's evaluation, ``galmet predict``, the service and the worker
 all run. ``predict_arrays`` turns decoded images into prediction records (the raw form the
@@ -88,6 +89,16 @@ class Prediction:
     mean: np.ndarray
     sigma: np.ndarray  # calibrated: model sigma and TTA/ensemble spread combined
     spread: np.ndarray  # standard deviation over the TTA copies (and ensemble members)
+    ood_score: np.ndarray | None = None  # (N,); None for a checkpoint without feature stats
+
+
+def ood_scores(features: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """The out-of-distribution score of each row of ``features`` (N, F): its Mahalanobis
+    distance from the training features' ``mean`` under their (shrunk) ``precision``, divided
+    by √F, so that a typical training galaxy scores about 1 whatever the feature count."""
+    d = features.float() - mean
+    d2 = ((d @ precision) * d).sum(dim=1).clamp_min(0.0)
+    return (d2 / d.shape[1]).sqrt()
 
 
 class Predictor:
@@ -95,6 +106,12 @@ class Predictor:
 
     The prediction is the mean over the ``tta`` transformed copies (and over ensemble
     members); sigma² = mean of the model's sigma² + the spread², times ``sigma_scale``².
+
+    The out-of-distribution score (``ood_scores``, when the checkpoint has the statistics of
+    the head's input on its training set) is the mean of the copies' scores (and of the
+    members', each against its own training statistics), not the score of the mean features:
+    each copy is then judged on the scale the threshold was set on, and a copy that looks
+    unlike the training set is not averaged away before it is measured.
     """
 
     def __init__(self, checkpoint: Checkpoint, device: str | torch.device = "cpu") -> None:
@@ -105,6 +122,13 @@ class Predictor:
             self.nets = [n.to(memory_format=torch.channels_last) for n in self.nets]
         self._mean = np.asarray(checkpoint.target_mean)
         self._std = np.asarray(checkpoint.target_std)
+        members = (checkpoint.ood or {}).get("members") or []
+        self._ood_stats = None
+        if len(members) == len(self.nets):
+            self._ood_stats = [
+                (m["mean"].float().to(self.device), m["precision"].float().to(self.device))
+                for m in members
+            ]
 
     @classmethod
     def from_file(cls, path: Path, device: str | torch.device = "cpu") -> Predictor:
@@ -120,29 +144,52 @@ class Predictor:
     ) -> Prediction:
         """Predictions for a uint8 batch (N, 3, H, W) or (N, H, W, 3)."""
         ck = self.checkpoint
-        means, sigmas, spreads = [], [], []
+        means, sigmas, spreads, scores = [], [], [], []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size].to(self.device, non_blocking=True)
             x = normalise(chunk, ck.bands, ck.input_mean, ck.input_std)
             views = tta_views(x, tta)
             if self.device.type == "cuda":
                 views = views.contiguous(memory_format=torch.channels_last)
-            mu_all, var_all = [], []
-            for net in self.nets:
+            mu_all, var_all, score_all = [], [], []
+            for k, net in enumerate(self.nets):
                 with torch.autocast(self.device.type, torch.bfloat16, enabled=self._bf16()):
-                    mu, log_sigma = net(views)
+                    mu, log_sigma, pooled = net.forward_features(views)
                 mu_all.append(mu.float().view(tta, len(chunk), -1))
                 var_all.append(torch.exp(2 * log_sigma.float()).view(tta, len(chunk), -1))
+                if self._ood_stats is not None:
+                    score = ood_scores(pooled, *self._ood_stats[k])
+                    score_all.append(score.view(tta, len(chunk)))
             mu = torch.cat(mu_all)
             spread = mu.std(dim=0, unbiased=False)
             var = torch.cat(var_all).mean(dim=0) + spread**2
             means.append(mu.mean(dim=0).cpu())
             sigmas.append((var.sqrt() * self.sigma_scale(tta)).cpu())
             spreads.append(spread.cpu())
+            if score_all:
+                scores.append(torch.cat(score_all).mean(dim=0).cpu())
         mean = torch.cat(means).numpy() * self._std + self._mean
         sigma = torch.cat(sigmas).numpy() * self._std
         spread = torch.cat(spreads).numpy() * self._std
-        return Prediction(list(ck.outputs), mean, sigma, spread)
+        ood = torch.cat(scores).numpy() if scores else None
+        return Prediction(list(ck.outputs), mean, sigma, spread, ood)
+
+    @torch.inference_mode()
+    def pooled_features(self, images: torch.Tensor, batch_size: int = 256) -> list[np.ndarray]:
+        """The head's input (pooled body features), float32 (N, F), of each ensemble member
+        for a uint8 batch, without augmentation: what the OOD statistics are fitted on."""
+        ck = self.checkpoint
+        out: list[list[np.ndarray]] = [[] for _ in self.nets]
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size].to(self.device, non_blocking=True)
+            x = normalise(chunk, ck.bands, ck.input_mean, ck.input_std)
+            if self.device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            for k, net in enumerate(self.nets):
+                with torch.autocast(self.device.type, torch.bfloat16, enabled=self._bf16()):
+                    _, _, pooled = net.forward_features(x)
+                out[k].append(pooled.float().cpu().numpy())
+        return [np.concatenate(parts) for parts in out]
 
     def predict_bytes(self, images: Sequence[bytes], tta: int = 1) -> Prediction:
         """Predictions for encoded images (JPEG/PNG), each resized to the model's input.
@@ -155,9 +202,11 @@ class Predictor:
     def predict_arrays(self, images: list[np.ndarray], tta: int) -> list[dict]:
         """Prediction records for decoded RGB uint8 images (size, size, 3), in order.
 
-        A record is ``{"outputs": {name: value}, "sigma": {…}, "tta_spread": {…}}`` in
-        physical units (dex), keyed by the checkpoint's output names; ``galmet.record``
-        turns it into the public fields.
+        A record is ``{"outputs": {name: value}, "sigma": {…}, "tta_spread": {…},
+        "ood_score": float | None, "out_of_distribution": bool}``, values in physical units
+        (dex) keyed by the checkpoint's output names; ``galmet.record`` turns it into the
+        public fields. ``ood_score`` is None (and the flag false) for a checkpoint without
+        feature statistics.
         """
         check_tta(tta)
         if not images:
@@ -168,14 +217,30 @@ class Predictor:
             batch = batch.pin_memory()  # lets the copy to the GPU overlap
         pred = self.predict_images(batch, tta)
         names = pred.outputs
+        scores = [None] * len(images) if pred.ood_score is None else pred.ood_score.tolist()
         return [
             {
                 "outputs": {n: float(pred.mean[i, j]) for j, n in enumerate(names)},
                 "sigma": {n: float(pred.sigma[i, j]) for j, n in enumerate(names)},
                 "tta_spread": {n: float(pred.spread[i, j]) for j, n in enumerate(names)},
+                "ood_score": scores[i],
+                "out_of_distribution": self.is_out_of_distribution(scores[i], tta),
             }
             for i in range(len(images))
         ]
+
+    def ood_threshold(self, tta: int) -> float | None:
+        """The score above which a prediction at this TTA level is out of distribution (the
+        nearest calibrated level's); None for a checkpoint without one."""
+        levels = (self.checkpoint.ood or {}).get("threshold") or {}
+        if not levels or self._ood_stats is None:
+            return None
+        return float(levels[min(levels, key=lambda level: abs(level - tta))])
+
+    def is_out_of_distribution(self, score: float | None, tta: int) -> bool:
+        """Whether ``score`` is above the checkpoint's threshold at this TTA level."""
+        threshold = self.ood_threshold(tta)
+        return score is not None and threshold is not None and score > threshold
 
     def sigma_scale(self, tta: int) -> float:
         """Calibration factor of sigma at this TTA level (nearest calibrated level; 1 if none)."""

@@ -3,9 +3,11 @@
 A model's raw record (``Predictor.predict_arrays``; what the cache stores) is keyed by the
 checkpoint's output names (catalog columns: ``oh_p50``, ``lgm_tot_p50``). Users see the
 design's fields: ``oh_p50`` with ``oh_sigma`` and ``oh_p16``/``oh_p84`` (∓ sigma),
-``log_mstar`` with ``log_mstar_sigma``, and the TTA spread of each value. The API, batch
-jobs, ``galmet predict`` and every export take them from ``public_fields``, rounded to
-``DEX_DECIMALS`` there once, so every answer and format shows the same digits.
+``log_mstar`` with ``log_mstar_sigma``, the TTA spread of each value, and ``ood_score``
+(how unlike the training images the image looks to the network; None for a model without the
+statistics), whose flag ``out_of_distribution`` joins the quality flags (``record_flags``).
+The API, batch jobs, ``galmet predict`` and every export take them from ``public_fields``,
+rounded there once, so every answer and format shows the same digits.
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ FIELDS = {"oh_p50": ("oh_p50", "oh_sigma"), "lgm_tot_p50": ("log_mstar", "log_ms
 VALUE_FIELDS = ("oh_p50", "oh_sigma", "oh_p16", "oh_p84", "log_mstar", "log_mstar_sigma")
 #: Decimals of a value in dex users see: the model's own scatter is ~0.08 dex.
 DEX_DECIMALS = 4
+#: The quality flag of a prediction whose ``ood_score`` is above the model's threshold.
+OOD_FLAG = "out_of_distribution"
+#: Decimals of the public ``ood_score``: about 1 for a typical training galaxy, the
+#: threshold near 1.1-1.5, so 0.001 resolves it without pretending to more.
+OOD_DECIMALS = 3
 
 
 def field_names(output: str) -> tuple[str, str]:
@@ -29,10 +36,11 @@ def public_fields(
     outputs: Mapping[str, float],
     sigma: Mapping[str, float],
     tta_spread: Mapping[str, float] | None = None,
+    ood_score: float | None = None,
 ) -> dict:
     """The design's fields of one prediction: every ``VALUE_FIELDS`` entry (None where the
-    model has no such output), the fields of any other output, and ``tta_spread`` keyed by
-    value field."""
+    model has no such output), the fields of any other output, ``tta_spread`` keyed by
+    value field, and ``ood_score`` rounded to ``OOD_DECIMALS`` (None when not scored)."""
     values: dict = dict.fromkeys(VALUE_FIELDS)
     spread: dict[str, float] = {}
     for name, value in outputs.items():
@@ -48,4 +56,11 @@ def public_fields(
         if value is not None:
             values[name] = round(value, DEX_DECIMALS)
     values["tta_spread"] = {k: round(v, DEX_DECIMALS) for k, v in spread.items()}
+    values["ood_score"] = None if ood_score is None else round(float(ood_score), OOD_DECIMALS)
     return values
+
+
+def record_flags(record: Mapping) -> list[str]:
+    """The quality flags a raw prediction record (``Predictor.predict_arrays``) raises:
+    ``OOD_FLAG`` when its score is above the model's threshold."""
+    return [OOD_FLAG] if record.get("out_of_distribution") else []

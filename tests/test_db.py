@@ -104,7 +104,7 @@ def test_upgrade_creates_the_tables_and_is_idempotent(database_url):
         with engine.connect() as connection:
             current = MigrationContext.configure(connection).get_current_revision()
         head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
-        assert current == head == "0004"
+        assert current == head == "0005"
     finally:
         engine.dispose()
 

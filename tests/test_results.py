@@ -33,6 +33,7 @@ FLOATS = [
     "log_mstar",
     "log_mstar_sigma",
     "oh_tta_spread",
+    "ood_score",
 ]
 
 
@@ -57,6 +58,7 @@ ROWS = [
         log_mstar=10.5,
         log_mstar_sigma=0.2,
         oh_tta_spread=0.012,
+        ood_score=0.962,
         cached=True,
         flags=["grayscale_converted", "resized"],
     ),
@@ -220,7 +222,7 @@ def test_votable_writing_does_not_corrupt_memory():
         "oh_sigma": 0.10000007152557373, "oh_p16": 8.902483743801712,
         "oh_p84": 9.10248388685286, "log_mstar": 10.046652026474476,
         "log_mstar_sigma": 0.5000000596046448, "oh_tta_spread": 0.00012120101600885392,
-        "cached": False, "flags": [], "reason": None,
+        "ood_score": None, "cached": False, "flags": [], "reason": None,
     }  # fmt: skip
     code = (
         "from galmet.app.results import results_votable\n"

@@ -5,7 +5,9 @@ fits one model (or, with ``--folds K``, a K-fold ensemble over train + validatio
 paper's schedule (``training.trainer``), calibrates sigma on validation and measures the
 test split (``training.calibration``).
 
-Writes MODEL (the best epoch on validation, sigma calibrated on validation, test metrics),
+Writes MODEL (the best epoch on validation, sigma calibrated on validation, the statistics of the
+head's input on the training images with an out-of-distribution threshold set on validation
+(``training.ood``), test metrics),
 MODEL.last.pt at each cycle end (for ``--resume``), MODEL.metrics.json (per-epoch metrics)
 and MODEL.loss.png. Larger batches may scale the learning rate (``--lr-scale linear``:
 lr × batch / 64). On CUDA, bf16 autocast and channels_last are on by default (``--no-bf16``,
@@ -44,6 +46,7 @@ from galmet.training.dataset import (
     split_indices,
 )
 from galmet.training.distributed import DistInfo
+from galmet.training.ood import fit_ood
 from galmet.training.trainer import Trainer, stage_images
 
 
@@ -184,6 +187,9 @@ def _train(cfg: TrainConfig, dist: DistInfo, device: torch.device) -> Checkpoint
     ck = make_checkpoint(states, history)
     if not dist.is_main:
         return ck
+    # The statistics of the head's input on the training images, then a predictor that
+    # scores with them, so that calibration sets the OOD threshold beside sigma's scale.
+    fit_ood(Predictor(ck, device), data, [t for t, _ in folds])
     predictor = Predictor(ck, device)
     valid_rows = np.concatenate([v for _, v in folds])
     ck.sigma_scale = calibrate_sigma(predictor, data, valid_rows)

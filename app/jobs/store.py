@@ -181,15 +181,17 @@ def job_results(session: Session, job_id: str) -> list[dict]:
             "separation_arcsec": t.separation_arcsec,
             **dict.fromkeys(VALUE_FIELDS),
             "oh_tta_spread": None,
+            "ood_score": None,
             "cached": t.cached,
             "flags": [],
             "reason": t.reason,
             "input": t.input_cells or {},
         }
         if p is not None:
-            fields = public_fields(p.outputs, p.sigma, p.tta_spread)
+            fields = public_fields(p.outputs, p.sigma, p.tta_spread, p.ood_score)
             values.update({k: fields[k] for k in VALUE_FIELDS})
             values["oh_tta_spread"] = fields["tta_spread"].get("oh_p50")
+            values["ood_score"] = fields["ood_score"]
             values["flags"] = list(p.flags)
         values["flags"] += object_flags(t.object_status, t.obj_type)
         out.append(values)
