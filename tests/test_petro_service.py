@@ -3,12 +3,14 @@ petroR90_r of the SDSS object identified at the position; no object, a clear 422
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from galmet.cli import main as galmet
 from galmet.scale_mode import petro_scale
 from tests.helpers import galaxy, offline_predictions, service, tiny_checkpoint
 from tests.test_jobs import submit, wait
@@ -83,3 +85,15 @@ def test_job_rows_use_the_identified_radius_and_fail_without_one(api, mock_sky, 
     (want,) = offline_predictions(petro_model, [petro_jpeg(mock_sky, 5)], 2)
     assert rows["g"]["oh_p50"] == pytest.approx(want["oh_p50"], abs=1e-5)
     assert rows["sky"]["status"] == "failed" and "petroR90_r" in rows["sky"]["reason"]
+
+
+def test_predict_by_position_on_the_command_line(petro_model, mock_sky, mock_skyserver, capsys):
+    ra, dec = galaxy(mock_sky, 11)
+    args = ["predict", "--model", str(petro_model), "--skyserver", mock_skyserver]
+    args += ["--device", "cpu", "--tta", "2", "--json"]
+    assert galmet([*args, "--ra", str(ra), "--dec", str(dec)]) == 0
+    (rec,) = json.loads(capsys.readouterr().out)
+    (want,) = offline_predictions(petro_model, [petro_jpeg(mock_sky, 11)], 2)
+    assert rec["oh_p50"] == pytest.approx(want["oh_p50"], abs=1e-5)
+    assert galmet([*args, "--ra", str(ra), f"--dec={dec - 40 / 3600}"]) == 2
+    assert "petroR90_r" in capsys.readouterr().err
