@@ -8,6 +8,11 @@ the fields printed are the service's (``galmet.record``).
 
 Coordinates are decimal degrees or sexagesimal strings read by astropy (``10:00:00`` is
 hours for RA, ``+02:00:00`` degrees for Dec; ``150d`` or ``10h00m00s`` say their unit).
+
+A model trained on petro-scaled cutouts (``galmet.scale_mode``) takes each cutout's scale
+from the ``petroR90_r`` of the SDSS object identified at the position; where none is, the
+answer is a one-line refusal. Image files are taken as they are, flagged
+``petro_scale_assumed``.
 A negative sexagesimal Dec needs ``=`` to get past the option parser: ``--dec=-02:00:00``.
 """
 
@@ -17,7 +22,9 @@ import argparse
 import asyncio
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +44,11 @@ from galmet.predictor import (
     training_geometry,
 )
 from galmet.record import field_names, public_fields, record_flags
+from galmet.scale_mode import recorded_scale_mode
 from galmet.skyserver import DEFAULT_SCALE, DEFAULT_SKYSERVER_URL, SkyServerClient, SkyServerError
+
+#: (pixels, arcsec/px) of the cutout to fetch, given the object's petroR90_r (or None).
+Geometry = Callable[[float | None], tuple[int, float]]
 
 
 @dataclass
@@ -117,8 +128,9 @@ def parse_dec(text: str) -> float:
 
 
 # ------------------------------------------------------------------------------ sources
-async def _fetch(url: str, ra: float, dec: float, size: int, scale: float, radius: float):
-    """The SDSS object at (ra, dec) (or why it is unknown) and the cutout centred on it."""
+async def _fetch(url: str, ra: float, dec: float, geometry: Geometry, radius: float):
+    """The SDSS object at (ra, dec) (or why it is unknown) and the cutout centred on it, of
+    the size and scale ``geometry`` gives for the object's petroR90_r."""
     async with SkyServerClient(url) as client:
         obj, status, reason = None, "off", None
         if radius:
@@ -128,18 +140,19 @@ async def _fetch(url: str, ra: float, dec: float, size: int, scale: float, radiu
             except SkyServerError as exc:
                 status, reason = "unknown", f"the SDSS object look-up failed: {exc.reason}"
         centre = (obj.ra, obj.dec) if obj is not None else (ra, dec)
+        size, scale = geometry(None if obj is None else obj.petroR90_r)
         cutout = await client.cutout(*centre, scale=scale, width=size, height=size)
         return obj, status, reason, cutout
 
 
 def fetch_source(
-    url: str, ra: float, dec: float, size: int, scale: float, input_size: int, radius: float
+    url: str, ra: float, dec: float, geometry: Geometry, input_size: int, radius: float
 ) -> Source:
     """The SDSS cutout for (ra, dec), centred on the SDSS object within ``radius`` arcsec
     (none: 0) as the service does; refuses a blank (off-footprint) one, and a position with
     nothing to measure."""
     try:
-        obj, status, reason, cutout = asyncio.run(_fetch(url, ra, dec, size, scale, radius))
+        obj, status, reason, cutout = asyncio.run(_fetch(url, ra, dec, geometry, radius))
     except SkyServerError as exc:
         raise GalmetError(
             f"{exc} (SkyServer at {url}: set --skyserver or GALMET_SKYSERVER_URL to use another)"
@@ -237,11 +250,14 @@ def main(args: argparse.Namespace) -> int:
     if by_coords:
         ra, dec = parse_ra(args.ra), parse_dec(args.dec)
         url = args.skyserver or os.environ.get("GALMET_SKYSERVER_URL") or DEFAULT_SKYSERVER_URL
-        size, scale = fetch_geometry(ck, args.scale)
-        sources = [fetch_source(url, ra, dec, size, scale, ck.input_size, args.match_radius)]
+        geometry = partial(fetch_geometry, ck, args.scale)
+        sources = [fetch_source(url, ra, dec, geometry, ck.input_size, args.match_radius)]
     else:
         size, _ = training_geometry(ck, args.scale)
         sources = [read_source(path, ck.input_size, size) for path in args.images]
+        if recorded_scale_mode(ck.config) == "petro":
+            for src in sources:
+                src.flags.append("petro_scale_assumed")  # taken as framed the petro way
 
     predictor = Predictor(ck, device)
     tta = default_tta(device, args.tta if args.tta is not None else _env_tta())

@@ -7,6 +7,11 @@ again), refuses a blank one, runs the model through the micro-batching engine an
 the result. Where there is nothing to measure (no source at the centre of the cutout and no
 SDSS object within the match radius) the answer is a 422 "no galaxy at this position".
 
+A model trained on petro-scaled cutouts (``galmet.scale_mode``) fetches each at the scale
+from the identified object's ``petroR90_r`` (the cutout cache keys on that scale); where
+no object with one is identified, the answer is a 422 saying so. Uploads are taken as they
+are, flagged ``petro_scale_assumed``.
+
 An upload is checked and decoded once (``galmet.images.check_upload``)
 and cached by its SHA-256. Every image is decoded once on each path: a fetched cutout by the
 SkyServer client, a cached one here, an upload by the check.
@@ -28,6 +33,7 @@ from galmet.app.identify import Identifier, Located
 from galmet.app.model_info import LoadedModel
 from galmet.app.schemas import ObjectOut, PredictionOut
 from galmet.engine import InferenceEngine
+from galmet.errors import GalmetError
 from galmet.images import BadImage, centre_has_source, check_upload, decode_image
 from galmet.record import public_fields
 from galmet.skyserver import SkyServerClient, SkyServerError
@@ -73,7 +79,7 @@ class Predictions:
         cra, cdec = located.centre
         row = await self.db.run(cache.find_sky, cra, cdec, m.version, m.tta)
         if row is None:
-            cutout = await self.cutout(cra, cdec)
+            cutout = await self.cutout(cra, cdec, *self.geometry(located))
             if cutout.blank:
                 raise blank_cutout_error(cra, cdec)
             pixels = decode_image(cutout.pixels, m.input_size)
@@ -84,21 +90,28 @@ class Predictions:
         check_something_there(row.flags, located)
         return self.output(row, cached=True, located=located)
 
-    async def cutout(self, ra: float, dec: float) -> FetchedCutout:
-        """The model's SkyServer cutout at (ra, dec): from the cache, else fetched and kept.
+    def geometry(self, located: Located) -> tuple[int, float]:
+        """(pixels, arcsec/px) of the model's cutout of the object located; for a petro
+        model without the object's petroR90_r, the 422 saying so."""
+        obj = located.obj
+        try:
+            return self.model.geometry(None if obj is None else obj.petroR90_r)
+        except GalmetError as exc:
+            raise ApiError(422, str(exc), ["no_petro_radius"]) from None
+
+    async def cutout(self, ra: float, dec: float, size: int, scale: float) -> FetchedCutout:
+        """The SkyServer cutout at (ra, dec) of ``size`` px at ``scale`` ″/px: from the cache,
+        else fetched and kept.
 
         Blank (off-footprint) cutouts are kept too; the caller decides what to do with them.
         SkyServer failures are ``ApiError`` 502 or 504.
         """
-        m = self.model
-        row = await self.db.run(cache.get_cutout, ra, dec, m.fetch_scale, m.fetch_size)
+        row = await self.db.run(cache.get_cutout, ra, dec, scale, size)
         if row is not None:
             pixels = None if row.blank else await to_thread.run_sync(decode_image, row.jpeg)
             return FetchedCutout(row.jpeg, pixels, row.blank)
-        fetched = await self.fetch_cutout(ra, dec)
-        await self.db.run(
-            cache.store_cutout, ra, dec, m.fetch_scale, m.fetch_size, fetched.jpeg, fetched.blank
-        )
+        fetched = await self.fetch_cutout(ra, dec, size, scale)
+        await self.db.run(cache.store_cutout, ra, dec, scale, size, fetched.jpeg, fetched.blank)
         return fetched
 
     async def cutout_jpeg(self, ra: float, dec: float) -> bytes:
@@ -106,18 +119,20 @@ class Predictions:
         prediction is); a blank one is a 422."""
         (located,) = await self.identifier.locate([(ra, dec)])
         ra, dec = located.centre
-        cutout = await self.cutout(ra, dec)
+        cutout = await self.cutout(ra, dec, *self.geometry(located))
         if cutout.blank:
             raise blank_cutout_error(ra, dec)
         return cutout.jpeg
 
-    async def fetch_cutout(self, ra: float, dec: float) -> FetchedCutout:
-        """The model's cutout from SkyServer (not the cache); failures are ``ApiError``."""
-        m = self.model
+    async def fetch_cutout(
+        self, ra: float, dec: float, size: int | None = None, scale: float | None = None
+    ) -> FetchedCutout:
+        """A cutout from SkyServer (not the cache), by default the fixed-scale model's;
+        failures are ``ApiError``."""
+        if size is None or scale is None:
+            size, scale = self.model.geometry()
         try:
-            got = await self.skyserver.cutout(
-                ra, dec, scale=m.fetch_scale, width=m.fetch_size, height=m.fetch_size
-            )
+            got = await self.skyserver.cutout(ra, dec, scale=scale, width=size, height=size)
         except SkyServerError as exc:
             raise skyserver_error(exc) from None
         blank = await to_thread.run_sync(lambda: got.blank)
@@ -137,6 +152,8 @@ class Predictions:
         if image.blank:
             raise ApiError(422, "the image is blank (near-black): nothing to measure", ["blank"])
         flags = list(image.flags)
+        if m.scale_mode == "petro":
+            flags.append("petro_scale_assumed")  # taken as framed the petro way
         if not centre_has_source(image.pixels):
             flags.append("no_source_at_centre")
         row = await self._predict_and_store(image.pixels, flags, image_sha256=image.sha256)

@@ -20,6 +20,7 @@ from galmet.d4 import check_tta, tta_views
 from galmet.errors import GalmetError
 from galmet.model import Checkpoint
 from galmet.preprocess import decode_batch, normalise
+from galmet.scale_mode import petro_scale, recorded_scale_mode
 from galmet.skyserver import DEFAULT_SCALE, DEFAULT_SIZE, MAX_SIZE, MIN_SIZE
 
 #: TTA copies on the CPU when none is configured: 4. Measured on this project's 2-core
@@ -48,6 +49,13 @@ def default_tta(device: str | torch.device, configured: int | None = None) -> in
 
 
 # ------------------------------------------------------------------------------ geometry
+#: Why a petro-scaled model cannot fetch a cutout: the one line users see.
+PETRO_NEEDED = (
+    "this model was trained on petro-scaled cutouts and needs the galaxy's petroR90_r; "
+    "no SDSS galaxy with one was identified here"
+)
+
+
 def training_geometry(ck: Checkpoint, scale: float | None = None) -> tuple[int, float]:
     """(pixels, arcsec per pixel) of the images the model was trained on, before resizing.
 
@@ -65,8 +73,14 @@ def training_geometry(ck: Checkpoint, scale: float | None = None) -> tuple[int, 
     return int(size), float(scale)
 
 
-def fetch_geometry(ck: Checkpoint, scale: float | None = None) -> tuple[int, float]:
+def fetch_geometry(
+    ck: Checkpoint, scale: float | None = None, petro_r90: float | None = None
+) -> tuple[int, float]:
     """(pixels, arcsec per pixel) of the SkyServer cutout to fetch for the model.
+
+    A model trained on petro-scaled cutouts (``galmet.scale_mode``) needs the galaxy's
+    ``petro_r90`` (petroR90_r, arcsec) unless ``scale`` is given: without it, a
+    ``GalmetError`` saying so.
 
     The model must see what it saw in training: the field of view and pixel scale of the
     training images, and the one resizing step of training (``decode_image``, bilinear) to
@@ -76,8 +90,12 @@ def fetch_geometry(ck: Checkpoint, scale: float | None = None) -> tuple[int, flo
     are not the pixels the model learned from). A size outside SkyServer's 64…2048 px is
     fetched at the nearest allowed size over the same field (the scale changes accordingly).
     """
+    fetch = min(max(training_geometry(ck, scale)[0], MIN_SIZE), MAX_SIZE)
+    if scale is None and recorded_scale_mode(ck.config) == "petro":
+        if petro_r90 is None:
+            raise GalmetError(PETRO_NEEDED)
+        return fetch, petro_scale(petro_r90, fetch)
     size, scale = training_geometry(ck, scale)
-    fetch = min(max(size, MIN_SIZE), MAX_SIZE)
     return fetch, scale * size / fetch
 
 

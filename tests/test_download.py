@@ -12,6 +12,7 @@ import pytest
 from astropy.table import Table, vstack
 
 from galmet.cli import main as cli_main
+from galmet.errors import GalmetError
 from galmet.images import decode_jpeg
 from galmet.skyserver import SkyServerClient
 from galmet.training.download import DownloadSummary, download_cutouts
@@ -216,3 +217,48 @@ def test_cli_user_errors(tmp_path, capsys, content, extra, message):
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+class RecordingTransport(httpx.AsyncHTTPTransport):
+    """Real HTTP that remembers each request's query parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.params: list[dict[str, str]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.params.append(dict(request.url.params))
+        return await super().handle_async_request(request)
+
+
+@pytest.mark.parametrize("size", [128, 64])
+def test_petro_scale_per_row(mock_sky, tmp_path, mock_skyserver, size):
+    """--scale-mode petro asks for each row's 2*petroR90_r/0.396/128 x 128/size arcsec/px;
+    a row without petroR90_r is not fetched and is listed as failed, saying why."""
+    cat = mock_sky.catalog()[:3]["objID", "ra", "dec", "petroR90_r"]
+    cat = Table(cat, masked=True)
+    cat["petroR90_r"].mask[2] = True
+    transport = RecordingTransport()
+
+    async def go() -> DownloadSummary:
+        async with SkyServerClient(mock_skyserver, rate=None, transport=transport) as client:
+            return await download_cutouts(
+                cat, tmp_path, client, size=size, scale_mode="petro", progress=False
+            )
+
+    summary = asyncio.run(go())
+    assert (summary.fetched, summary.failed) == (2, 1)
+    asked = {round(float(p["ra"]), 5): p for p in transport.params}
+    assert len(asked) == 2
+    for row in cat[:2]:
+        params = asked[round(float(row["ra"]), 5)]
+        assert int(params["width"]) == size
+        want = 2 * float(row["petroR90_r"]) / 0.396 / 128 * 128 / size
+        assert float(params["scale"]) == pytest.approx(want, rel=1e-5)
+    (failure,) = read_csv(tmp_path / "failed.csv")
+    assert int(failure["objID"]) == int(cat["objID"][2]) and "petroR90_r" in failure["reason"]
+
+
+def test_petro_needs_the_column(catalog, tmp_path, mock_skyserver):
+    with pytest.raises(GalmetError, match="petroR90_r column"):
+        download(mock_skyserver, catalog, tmp_path, scale_mode="petro")

@@ -20,6 +20,9 @@ class TrainConfig:
     size: int | None = None  # resize images to this many pixels; None keeps their size
     pixel_scale: float | None = None  # arcsec/px of the stored images (mock.json, else 0.296)
     image_size: int | None = None  # pixels of the stored images, before any resizing
+    # The cutout recipe of the stored images (galmet.scale_mode): fixed, or petro (each at
+    # 2*petroR90_r/0.396/size arcsec/px). None: mock.json's, else fixed. Set by train().
+    scale_mode: str | None = None
     bands: str = "gri"
     init: str = "scratch"
     batch_size: int = 256  # over all processes when under torchrun

@@ -35,6 +35,7 @@ from galmet.errors import GalmetError
 from galmet.files import atomic_path
 from galmet.model import Checkpoint
 from galmet.predictor import Predictor
+from galmet.scale_mode import SCALE_MODES, check_scale_mode
 from galmet.training import distributed
 from galmet.training.calibration import calibrate_sigma, test_metrics
 from galmet.training.config import LR_SCALES, TrainConfig
@@ -111,7 +112,10 @@ def _train(cfg: TrainConfig, dist: DistInfo, device: torch.device) -> Checkpoint
     data = load_data(Path(cfg.data), cfg.targets, cfg.size, cfg.limit, progress=dist.is_main)
     # What the stored cutouts are, so that predictions fetch the same field of view.
     cfg.image_size = stored_image_size(Path(cfg.data), data)
-    if cfg.pixel_scale is None:
+    cfg.scale_mode = check_scale_mode(cfg.scale_mode or stored_scale_mode(Path(cfg.data)))
+    if cfg.scale_mode == "petro":
+        cfg.pixel_scale = None  # each galaxy's own: galmet.scale_mode.petro_scale
+    elif cfg.pixel_scale is None:
         cfg.pixel_scale = stored_pixel_scale(Path(cfg.data))
     split = split_indices(len(data), cfg.split_seed)
     if len(split["train"]) < 2 or len(split["valid"]) < 1:
@@ -217,6 +221,15 @@ def stored_pixel_scale(data_dir: Path, default: float = 0.296) -> float:
     return default
 
 
+def stored_scale_mode(data_dir: Path) -> str:
+    """The cutout recipe of the stored images: a mock sky's mock.json says; else fixed
+    (``galmet download`` data says nothing: pass ``--scale-mode`` as downloaded)."""
+    meta = data_dir / "mock.json"
+    if meta.exists():
+        return json.loads(meta.read_text()).get("scale_mode") or "fixed"
+    return "fixed"
+
+
 def write_history(out: Path, history: list[dict]) -> None:
     """MODEL.metrics.json: one record per epoch."""
     out.with_name(out.name + ".metrics.json").write_text(json.dumps(history, indent=1) + "\n")
@@ -262,6 +275,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--pixel-scale",
         type=float,
         help="arcsec/px of the stored images (default: mock.json's, else 0.296)",
+    )
+    a(
+        "--scale-mode",
+        choices=list(SCALE_MODES),
+        help="the cutout recipe of the stored images, recorded in the checkpoint "
+        "(default: mock.json's, else fixed)",
     )
     a("--bands", choices=["gri", "r"], default=d.bands, help="gri colour, or the r band only")
     a("--init", default=d.init, help="starting weights: scratch, imagenet or a PATH")

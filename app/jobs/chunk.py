@@ -151,6 +151,15 @@ async def _answer(
         out.cached += 1
     todo = [t for t in targets if t.id not in hits]
     out.cache_seconds = time.perf_counter() - clock
+    # Each target's cutout geometry: the model's one, or (petro) from its object's radius.
+    geometry: dict[int, tuple[int, float]] = {}
+    for t in todo:
+        try:
+            geometry[t.id] = predictions.geometry(located[t.id])
+        except ApiError as error:
+            results[t.id] = _Result("failed", f"{error.status}: {error.detail}")
+            out.failed += 1
+    todo = [t for t in todo if t.id in geometry]
 
     # 2. Cutouts and the model, pipelined in parts of one engine batch: while one part is in
     #    the model, the next part's cutouts download.
@@ -158,12 +167,14 @@ async def _answer(
     parts = [todo[i : i + size] for i in range(0, len(todo), size)]
     ready: list[tuple[JobTarget, np.ndarray]] = []
     records: list[dict] = []
-    upcoming = asyncio.create_task(_images(predictions, parts[0], centres)) if parts else None
+    upcoming = (
+        asyncio.create_task(_images(predictions, parts[0], centres, geometry)) if parts else None
+    )
     try:
         for k in range(len(parts)):
             part_ready, failures, seconds = await upcoming
             upcoming = (
-                asyncio.create_task(_images(predictions, parts[k + 1], centres))
+                asyncio.create_task(_images(predictions, parts[k + 1], centres, geometry))
                 if k + 1 < len(parts)
                 else None
             )
@@ -202,7 +213,10 @@ async def _answer(
 
 
 async def _images(
-    predictions: Predictions, targets: list[JobTarget], centres: dict[int, tuple[float, float]]
+    predictions: Predictions,
+    targets: list[JobTarget],
+    centres: dict[int, tuple[float, float]],
+    geometry: dict[int, tuple[int, float]],
 ) -> tuple[list[tuple[JobTarget, np.ndarray]], dict[int, ApiError], float]:
     """Decoded cutouts of ``targets`` at the model's input size: the cached ones read in one
     session (and decoded once), the rest fetched concurrently (the client bounds how many at
@@ -211,13 +225,13 @@ async def _images(
     clock = time.perf_counter()
     model = predictions.model
     rows = await predictions.db.run(
-        _cutouts, [(t.id, *centres[t.id]) for t in targets], model.fetch_scale, model.fetch_size
+        _cutouts, [(t.id, *centres[t.id], *geometry[t.id]) for t in targets]
     )
     missing = [t for t in targets if t.id not in rows]
 
     async def fetch(t: JobTarget):
         try:
-            return await predictions.fetch_cutout(*centres[t.id])
+            return await predictions.fetch_cutout(*centres[t.id], *geometry[t.id])
         except ApiError as exc:
             return exc
 
@@ -226,8 +240,7 @@ async def _images(
     failures = {i: got for i, got in fetched.items() if isinstance(got, ApiError)}
     good = [(t, fetched[t.id]) for t in missing if t.id not in failures]
     if good:
-        scale, size = model.fetch_scale, model.fetch_size
-        items = [(*centres[t.id], scale, size, c.jpeg, c.blank) for t, c in good]
+        items = [(*centres[t.id], *geometry[t.id][::-1], c.jpeg, c.blank) for t, c in good]
         await predictions.db.run(cache.store_cutouts, items)
 
     def pixels(t: JobTarget) -> np.ndarray | None:
@@ -313,11 +326,10 @@ def _cached(
     return hits
 
 
-def _cutouts(
-    session: Session, targets: list[tuple[int, float, float]], scale: float, size: int
-) -> dict:
+def _cutouts(session: Session, targets: list[tuple[int, float, float, int, float]]) -> dict:
+    """Cached cutouts of ``(target id, ra, dec, size, scale)`` by target id."""
     found = {}
-    for target_id, ra, dec in targets:
+    for target_id, ra, dec, size, scale in targets:
         row = cache.get_cutout(session, ra, dec, scale, size)
         if row is not None:
             found[target_id] = row
