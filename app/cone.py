@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, replace
 
-import numpy as np
-
 from galmet.app import cache
 from galmet.app.errors import ApiError, skyserver_error
 from galmet.app.predictions import Predictions
@@ -61,18 +59,7 @@ async def galaxies_in_cone(
     """The ``limit`` nearest SDSS galaxies within ``sr_deg`` of (ra, dec), and whether the
     cone holds more. SkyServer failures raise its ``SkyServerError``."""
     table = await skyserver.sql(cone_query(ra, dec, sr_deg, limit + 1))
-    found = [
-        SdssObject(
-            objID=int(row["objID"]),
-            type=int(row["type"]),
-            ra=float(row["ra"]),
-            dec=float(row["dec"]),
-            separation_arcsec=float(row["distance"]) * 60.0,
-            petroR90_r=_number(row["petroR90_r"]),
-            petroMag_r=_number(row["petroMag_r"]),
-        )
-        for row in table
-    ]
+    found = [SdssObject.from_row(row) for row in table]
     found.sort(key=lambda o: (o.separation_arcsec, o.objID))
     return found[:limit], len(found) > limit
 
@@ -103,10 +90,3 @@ async def cone_search(
         else:
             galaxies.append(ConeGalaxy(obj, answer))
     return Cone(galaxies, overflow)
-
-
-def _number(value) -> float | None:
-    if np.ma.is_masked(value):
-        return None
-    value = float(value)
-    return value if np.isfinite(value) else None

@@ -48,6 +48,20 @@ class SdssObject:
     petroR90_r: float | None  # noqa: N815
     petroMag_r: float | None  # noqa: N815
 
+    @classmethod
+    def from_row(cls, row) -> SdssObject:
+        """From a SqlSearch row of ``fGetNearestObjEq`` / ``fGetNearbyObjEq`` joined to
+        PhotoPrimary (``distance`` in arcminutes)."""
+        return cls(
+            objID=int(row["objID"]),
+            type=int(row["type"]),
+            ra=float(row["ra"]),
+            dec=float(row["dec"]),
+            separation_arcsec=float(row["distance"]) * 60.0,
+            petroR90_r=_number(row["petroR90_r"]),
+            petroMag_r=_number(row["petroMag_r"]),
+        )
+
     @property
     def type_name(self) -> str:
         return TYPES.get(self.type, "unknown")
@@ -112,15 +126,7 @@ async def nearest_objects(
             k = int(row["i"])
             if not 0 <= k < len(members):
                 continue
-            obj = SdssObject(
-                objID=int(row["objID"]),
-                type=int(row["type"]),
-                ra=float(row["ra"]),
-                dec=float(row["dec"]),
-                separation_arcsec=float(row["distance"]) * 60.0,
-                petroR90_r=_number(row["petroR90_r"]),
-                petroMag_r=_number(row["petroMag_r"]),
-            )
+            obj = SdssObject.from_row(row)
             current = found[members[k]]
             if current is None or obj.separation_arcsec < current.separation_arcsec:
                 found[members[k]] = obj
