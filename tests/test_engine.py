@@ -58,11 +58,13 @@ def expected(predictor: Predictor, images: list[np.ndarray], tta: int) -> list[d
 def assert_records_close(got: list[dict], want: list[dict]) -> None:
     assert len(got) == len(want)
     for g, w in zip(got, want, strict=True):
-        assert g.keys() == {"outputs", "sigma", "tta_spread"}
-        for key in g:
+        assert g.keys() == {"outputs", "sigma", "tta_spread", "ood_score", "out_of_distribution"}
+        for key in ("outputs", "sigma", "tta_spread"):
             assert g[key].keys() == w[key].keys()
             for name in g[key]:
                 assert g[key][name] == pytest.approx(w[key][name], abs=1e-5)
+        # the test's tiny checkpoint has no feature statistics: no score, never the flag
+        assert g["ood_score"] is None and g["out_of_distribution"] is False
 
 
 def test_predict_arrays_matches_predictor(predictor, images):
