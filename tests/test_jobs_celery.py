@@ -180,8 +180,10 @@ def assert_one_clean_prediction_per_target(
         near = near[0]
         assert near.id == t.prediction_id, f"row {t.row} points at another prediction"
         outputs = json.loads(near.outputs) if isinstance(near.outputs, str) else near.outputs
-        assert outputs["oh_p50"] == pytest.approx(expected["oh_p50"], abs=1e-6), t.row
-        assert outputs["lgm_tot_p50"] == pytest.approx(expected["log_mstar"], abs=1e-6)
+        # the cache keeps the model's raw outputs; the clean run's public fields are rounded
+        # to galmet.record.DEX_DECIMALS, so they agree to that rounding
+        assert outputs["oh_p50"] == pytest.approx(expected["oh_p50"], abs=5e-5), t.row
+        assert outputs["lgm_tot_p50"] == pytest.approx(expected["log_mstar"], abs=5e-5)
         # the results carry 4 decimals in dex
         assert row["oh_p50"] == pytest.approx(expected["oh_p50"], abs=5e-5), t.row
         assert row["oh_sigma"] == pytest.approx(expected["oh_sigma"], abs=5e-5)
