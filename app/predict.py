@@ -216,7 +216,7 @@ def format_table(recs: list[dict], outputs: list[str]) -> str:
     header = ["source"] + [v for v, _ in names] + ["tta spread", "ood", "model", "flags"]
     rows = [
         [r["source"]]
-        + [f"{r[v]:.3f} ± {r[s]:.3f}" for v, s in names]
+        + [f"{r[v]:.4f} ± {r[s]:.4f}" for v, s in names]
         + [
             ", ".join(f"{r['tta_spread'][v]:.4f}" for v, _ in names),
             "-" if r.get("ood_score") is None else f"{r['ood_score']:.3f}",

@@ -45,6 +45,10 @@ def test_two_image_files_table(setup, capsys):
         assert str(path) in out
     assert "oh_p50" in out and "log_mstar" in out and "±" in out
     assert file_sha256(model)[:12] in out
+    # the table shows what --json and every results format give: 4 decimals in dex
+    (first,) = run_json(capsys, "--model", str(model), str(paths[0]))
+    line = next(x for x in out.splitlines() if x.startswith(str(paths[0])))
+    assert f"{first['oh_p50']:.4f} ± {first['oh_sigma']:.4f}" in line
 
 
 def test_json_has_the_prediction_fields(setup, capsys):
