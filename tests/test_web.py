@@ -62,30 +62,37 @@ def test_page_predicts_from_coordinates(page_url, mock_sky, tmp_path):
         browser.close()
 
 
-@pytest.mark.parametrize(
-    ("path", "operation"), [("/docs", "/api/v1/predict"), ("/redoc", "predict")]
-)
-def test_api_docs_work_offline(page_url, path, operation):
-    """Every request that is not to the service itself is refused, as on an air-gapped
-    cluster: the docs pages still list the operations."""
+def only_own_site(page, site: str) -> list[str]:
+    """Refuse every request of ``page`` that is not to ``site``, as on an air-gapped
+    cluster; returns the list the refused URLs are recorded in."""
     from urllib.parse import urlparse
 
-    from playwright.sync_api import expect, sync_playwright
-
-    own = urlparse(page_url).netloc
+    own = urlparse(site).netloc
     outside: list[str] = []
 
-    def only_loopback(route) -> None:
+    def route_request(route) -> None:
         if urlparse(route.request.url).netloc == own:
             route.continue_()
         else:
             outside.append(route.request.url)
             route.abort()
 
+    page.route("**/*", route_request)
+    return outside
+
+
+@pytest.mark.parametrize(
+    ("path", "operation"), [("/docs", "/api/v1/predict"), ("/redoc", "predict")]
+)
+def test_api_docs_work_offline(page_url, path, operation):
+    """Every request that is not to the service itself is refused, as on an air-gapped
+    cluster: the docs pages still list the operations."""
+    from playwright.sync_api import expect, sync_playwright
+
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         page = browser.new_page()
-        page.route("**/*", only_loopback)
+        outside = only_own_site(page, page_url)
         response = page.goto(page_url + path)
         expect(page.get_by_text(operation).first).to_be_visible(timeout=30_000)
         # Let lazily drawn parts (ReDoc's sidebar footer links its vendor's logo on a CDN)

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import galaxy, model_cutouts, service, skip_or_fail, tiny_checkpoint
-from tests.test_web import ARGS, CHROMIUM
+from tests.test_web import ARGS, CHROMIUM, only_own_site
 
 N_ROWS = 20
 JOB_TIMEOUT_MS = 180_000  # two shared CPU cores: a 20-row job takes seconds, not minutes
@@ -180,24 +180,12 @@ def test_chosen_votable_runs_and_a_bad_list_says_why(browser, mass_site, mock_sk
 def test_mass_model_answer_has_object_link_flags_in_words_and_mzr_plot(
     browser, mass_site, mock_sky, mock_skyserver, tiny_model, shots
 ):
-    from urllib.parse import urlparse
-
     from playwright.sync_api import expect
 
     page = browser.new_page()
     # The page and its plots need nothing but the service (the SkyServer link is not
     # followed): every other request is refused and recorded, as on an air-gapped cluster.
-    own = urlparse(mass_site).netloc
-    outside: list[str] = []
-
-    def only_loopback(route) -> None:
-        if urlparse(route.request.url).netloc == own:
-            route.continue_()
-        else:
-            outside.append(route.request.url)
-            route.abort()
-
-    page.route("**/*", only_loopback)
+    outside = only_own_site(page, mass_site)
     page.goto(mass_site + "/")
     ra, dec = galaxy(mock_sky, 5)
     object_id = int(mock_sky.catalog()[5]["objID"])
