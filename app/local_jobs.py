@@ -17,13 +17,21 @@ from tqdm import tqdm
 from galmet.app.core.config import Settings
 from galmet.app.jobs import store
 from galmet.app.jobs.chunk import run_chunk
-from galmet.app.results import results_csv, results_json, results_meta, results_votable
+from galmet.app.results import results_csv, results_json, results_meta
+from galmet.app.results_tables import results_fits, results_votable
 from galmet.app.runtime import Runtime
 from galmet.app.targets import TargetsError, parse_targets, target_format
 from galmet.errors import GalmetError
 
 #: Results format by the output file's extension.
-FORMATS = {".csv": "csv", ".json": "json", ".vot": "votable", ".xml": "votable"}
+FORMATS = {
+    ".csv": "csv",
+    ".json": "json",
+    ".vot": "votable",
+    ".xml": "votable",
+    ".fits": "fits",
+    ".fit": "fits",
+}
 
 
 def output_path(targets: Path, out: Path | None) -> Path:
@@ -72,8 +80,9 @@ async def _run(settings: Settings, targets: Path, out: Path, fmt: str, progress:
         status = await runtime.db.run(store.job_status, job.id)
         rows = await runtime.db.run(store.job_results, job.id)
         meta, columns = results_meta(status), status["input_columns"]
-        if fmt == "votable":
-            out.write_bytes(results_votable(rows, meta, columns))
+        if fmt in ("votable", "fits"):
+            writer = results_votable if fmt == "votable" else results_fits
+            out.write_bytes(writer(rows, meta, columns))
         else:
             writer = results_csv if fmt == "csv" else results_json
             out.write_text("".join(writer(rows, meta, columns)), newline="")

@@ -92,11 +92,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--targets",
         type=Path,
-        help="a target list (CSV with ra, dec[, id], JSON or VOTable) run as a batch job in this "
-        "process, the service's way, without a server; results in FILE.galmet.csv (or --out)",
+        help="a target list (CSV with ra, dec[, id], JSON, VOTable or FITS) run as a batch job in "
+        "this process, the service's way, without a server; results in FILE.galmet.csv (or --out)",
     )
     parser.add_argument(
-        "--out", type=Path, help="with --targets: the results file (.csv, .json or .vot)"
+        "--out", type=Path, help="with --targets: the results file (.csv, .json, .vot or .fits)"
     )
     parser.add_argument(
         "--tta",

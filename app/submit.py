@@ -1,9 +1,9 @@
 """``galmet submit FILE --wait``: send a target list to a galmet service from the terminal.
 
-The file (CSV with ``ra``, ``dec`` and optionally ``id`` columns, a JSON list, or a VOTable)
-is uploaded as a batch job through ``galmet.client.Client``; with ``--wait`` a progress bar
-follows the job and the results are saved next to the input (or to ``--out``) when it is
-done.
+The file (CSV with ``ra``, ``dec`` and optionally ``id`` columns, a JSON list, a VOTable or a
+FITS table) is uploaded as a batch job through ``galmet.client.Client``; with ``--wait`` a
+progress bar follows the job and the results are saved next to the input (or to ``--out``)
+when it is done.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ DEFAULT_SERVER = "http://127.0.0.1:8000"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", type=Path, help="targets: CSV (ra, dec[, id]), JSON or VOTable")
+    parser.add_argument(
+        "file", type=Path, help="targets: CSV (ra, dec[, id]), JSON, VOTable or FITS"
+    )
     parser.add_argument(
         "--server",
         help=f"the galmet service (default: GALMET_URL, else {DEFAULT_SERVER})",

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 #: Results formats of a job, and the file extension of each.
-FORMATS = {"csv": ".csv", "json": ".json", "votable": ".vot"}
+FORMATS = {"csv": ".csv", "json": ".json", "votable": ".vot", "fits": ".fits"}
 #: Prediction columns ``predict_table`` adds: name -> unit (None: none).
 PREDICTION_COLUMNS = {
     "status": None,
@@ -170,7 +170,8 @@ class Client:
                 job = self.job(job["id"])
 
     def results(self, job_id: str, format: str = "json") -> bytes:
-        """A job's results as the service writes them (``json``, ``csv`` or ``votable``)."""
+        """A job's results as the service writes them: ``json``, ``csv``, ``votable`` or
+        ``fits``."""
         if format not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}")
         return self._send("GET", f"jobs/{job_id}/results", params={"format": format}).content

@@ -9,8 +9,12 @@ import io
 import json
 
 import httpx
+import numpy as np
 import pytest
+from astropy import units as u
+from astropy.io import fits
 from astropy.io.votable import parse
+from astropy.table import Table
 
 from galmet.app.demo import DEMO_NOTICE
 from galmet.model import file_sha256
@@ -63,6 +67,20 @@ def test_a_job_gives_the_users_table_back_honestly(
         as_json = httpx.get(base).json()
         as_csv = httpx.get(base, params={"format": "csv"}).text
         as_vot = httpx.get(base, params={"format": "votable"}).content
+        as_fits = httpx.get(base, params={"format": "fits"})
+        # The same targets as a FITS table (numbers as numbers, NaN for the typo's dec).
+        g_ra, g_dec = galaxy(mock_sky, 3)
+        targets = Table({"name": ["ngc1", "typo"], "RA": [g_ra, g_ra], "DEC": [g_dec, np.nan]})
+        buffer = io.BytesIO()
+        targets.write(buffer, format="fits")
+        r = httpx.post(
+            f"{api}{API}/jobs",
+            files={"file": ("targets.fits", buffer.getvalue(), "application/octet-stream")},
+            timeout=60,
+        )
+        assert r.status_code == 202, r.text
+        fits_job = wait(api, r.json()["id"])
+        from_fits = httpx.get(f"{api}{API}/jobs/{fits_job['id']}/results").json()
 
     # CSV: the model named in header lines, then the user's table.
     header = [line for line in as_csv.splitlines() if line.startswith("#")]
@@ -87,6 +105,24 @@ def test_a_job_gives_the_users_table_back_honestly(
     table = vtable.to_table()
     assert list(table.colnames[:5]) == ["name", "ra", "dec", "mag_r", "status"]
     assert table["mag_r"].dtype.kind == "f"
+
+    # FITS: the same table, the model as header keywords, units on galmet's columns.
+    assert as_fits.headers["content-type"] == "application/fits"
+    assert as_fits.headers["content-disposition"].endswith(f'{status["id"]}.fits"')
+    hdus = fits.open(io.BytesIO(as_fits.content))
+    header, fits_table = hdus[1].header, Table.read(hdus, hdu=1)
+    assert (header["MODELVER"], header["TTA"], header["NOTICE"]) == (version, 2, DEMO_NOTICE)
+    assert list(fits_table.colnames) == list(table.colnames)
+    assert fits_table["galmet_ra"].unit == u.deg
+    for name in ("oh_p50", "oh_sigma", "galmet_ra"):
+        assert fits_table[name][0] == table[name][0], name
+    assert list(fits_table["name"]) == list(table["name"])
+
+    # A FITS target list runs like the CSV: the galaxy's prediction is the cached one, the
+    # row without a dec is invalid, the user's columns come back.
+    assert [row["name"] for row in from_fits] == ["ngc1", "typo"]
+    assert from_fits[0]["oh_p50"] == as_json[0]["oh_p50"] and from_fits[0]["cached"]
+    assert from_fits[1]["status"] == "invalid" and "dec is missing" in from_fits[1]["reason"]
 
     # JSON: the model in every row.
     for row in as_json:

@@ -99,3 +99,10 @@ def test_targets_galmet_csv_names_the_demo_model(env, tmp_path, capsys, mock_sky
     params = {p.name: p.value for p in table.params}
     assert params["notice"] == DEMO_NOTICE and params["model_version"] == version
     assert int(params["tta"]) == 2
+    assert main([*args, "--out", str(tmp_path / "t.fits")]) == 0
+    from astropy.io import fits
+
+    with fits.open(tmp_path / "t.fits") as hdus:
+        header, rows = hdus[1].header, hdus[1].data
+        assert (header["MODELVER"], header["TTA"], header["NOTICE"]) == (version, 2, DEMO_NOTICE)
+        assert [r["id"] for r in rows] == ["g0", "g1", "g2"]

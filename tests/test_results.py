@@ -19,8 +19,8 @@ from galmet.app.results import (
     RESULT_COLUMNS,
     results_csv,
     results_json,
-    results_votable,
 )
+from galmet.app.results_tables import results_votable
 from galmet.app.targets import parse_votable_targets
 
 FLOATS = [
@@ -225,7 +225,7 @@ def test_votable_writing_does_not_corrupt_memory():
         "ood_score": None, "cached": False, "flags": [], "reason": None,
     }  # fmt: skip
     code = (
-        "from galmet.app.results import results_votable\n"
+        "from galmet.app.results_tables import results_votable\n"
         f"row = {row!r}\n"
         "for _ in range(3):\n"
         "    assert b'1237645876944405820' in results_votable([row], {'id': 'x'})\n"

@@ -335,7 +335,7 @@ def test_parse_targets_sniffs_a_stream_that_cannot_seek(data: bytes) -> None:
     [
         (CSV, "t.png", "image/png", 415, "unsupported target list type 'image/png'"),
         (b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", "t.png", None, 415, "binary"),
-        (b"SIMPLE  =                    T", "t.fits", None, 415, "FITS"),
+        (b"SIMPLE  =                    T", "t.fits", None, 400, "cannot read the FITS file"),
         ("id,ra,dec\n".encode("utf-16"), None, None, 400, "UTF-16"),
         (b"[{'ra': 1}]", None, "application/json", 400, "invalid JSON"),
         (b"[" * 100_000, None, "application/json", 400, "invalid JSON"),

@@ -88,6 +88,7 @@ def test_dropped_csv_runs_to_the_end_with_downloads_and_histogram(
     browser, mass_site, mock_sky, shots
 ):
     from astropy.io.votable import parse_single_table
+    from astropy.table import Table
     from playwright.sync_api import expect
 
     ids = [f"g{i:02d}" for i in range(N_ROWS)]
@@ -118,7 +119,7 @@ def test_dropped_csv_runs_to_the_end_with_downloads_and_histogram(
     assert seen[-1] == 1.0 and seen == sorted(seen), seen
     assert page.eval_on_selector("#job-progress", "bar => bar.position") == 1.0
 
-    # The downloads: the CSV through the csv module, the VOTable through astropy.
+    # The downloads: the CSV through the csv module, the VOTable and FITS through astropy.
     expect(page.locator("#download-votable")).to_be_visible()
     with page.expect_download() as got:
         page.click("#download-csv")
@@ -137,6 +138,13 @@ def test_dropped_csv_runs_to_the_end_with_downloads_and_histogram(
     assert len(table) == N_ROWS
     assert list(table["id"]) == ids
     assert list(table["oh_p50"]) == pytest.approx(oh)
+    with page.expect_download() as got:
+        page.click("#download-fits")
+    assert got.value.suggested_filename.endswith(".fits")
+    table = Table.read(got.value.path(), hdu=1)
+    assert list(table["id"]) == ids
+    assert list(table["oh_p50"]) == pytest.approx(oh)
+    assert table["galmet_ra"].unit == "deg"  # galmet's column; the input's "ra" has none
 
     # The histogram: its bars hold every predicted row, once.
     expect(page.locator("#histogram")).to_be_visible()
@@ -151,7 +159,9 @@ def test_dropped_csv_runs_to_the_end_with_downloads_and_histogram(
     page.close()
 
 
-def test_chosen_votable_runs_and_a_bad_list_says_why(browser, mass_site, mock_sky, tmp_path):
+def test_chosen_votable_and_fits_run_and_a_bad_list_says_why(
+    browser, mass_site, mock_sky, tmp_path
+):
     from astropy.table import Table
     from playwright.sync_api import expect
 
@@ -174,6 +184,14 @@ def test_chosen_votable_runs_and_a_bad_list_says_why(browser, mass_site, mock_sk
     expect(page.locator("#batch-error")).to_be_hidden()
     expect(page.locator("#job-counts")).to_contain_text("3 of 3 answered · 3 predicted")
     expect(page.locator("#histogram-caption")).to_contain_text("of 3 galaxies")
+
+    # A FITS table, chosen the same way.
+    path = tmp_path / "targets.fits"
+    Table(rows=[galaxy(mock_sky, i) for i in (33, 34)], names=("RA", "DEC")).write(path)
+    page.set_input_files("#batch-input", str(path))
+    expect(page.locator("#job-title")).to_contain_text("(targets.fits)")
+    expect(page.locator("#job-percent")).to_have_text("100%", timeout=JOB_TIMEOUT_MS)
+    expect(page.locator("#job-counts")).to_contain_text("2 of 2 answered · 2 predicted")
     page.close()
 
 

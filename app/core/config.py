@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     tta: int | None = None  # 1, 2, 4 or 8; unset: 8 on a GPU, TTA_CPU on the CPU
     max_upload_bytes: int = 5_000_000
     max_job_targets: int = 100_000
-    max_job_bytes: int = 20_000_000  # an uploaded target list (CSV, JSON or VOTable)
+    max_job_bytes: int = 20_000_000  # an uploaded target list (CSV, JSON, VOTable or FITS)
     # Batch jobs are cut into chunks; a chunk's targets share one batched forward pass.
     job_chunk_size: int = 128
     # A chunk whose runner has not been heard of for this long (its message lost with a Redis

@@ -13,6 +13,7 @@ const MAX_POLL_FAILURES = 5; // consecutive failed status requests before giving
 const DOWNLOADS = [
   { format: "csv", label: "CSV", suffix: "csv" },
   { format: "votable", label: "VOTable", suffix: "vot" },
+  { format: "fits", label: "FITS", suffix: "fits" },
 ];
 
 let current = 0; // the job the page follows; a newer submission stops the older's polling

@@ -1,4 +1,4 @@
-"""A batch job's target list: CSV, JSON or VOTable in, one checked ``TargetRow`` per row out.
+"""A batch job's target list: CSV, JSON, VOTable or FITS in, one checked ``TargetRow`` per row out.
 
 Every data row becomes a ``TargetRow``, numbered from 1 in input order (header, comments and
 blank lines not counted). A row whose coordinates do not parse keeps its place with ``error``
@@ -12,6 +12,7 @@ an oversized file is.
 
 from galmet.app.targets.csv_file import MAX_LINE_CHARS, parse_csv_targets
 from galmet.app.targets.dispatch import parse_targets, target_format
+from galmet.app.targets.fits_file import parse_fits_targets
 from galmet.app.targets.json_list import parse_json_targets
 from galmet.app.targets.rows import (
     DEC_NAMES,
@@ -32,6 +33,7 @@ __all__ = [
     "TargetRow",
     "TargetsError",
     "parse_csv_targets",
+    "parse_fits_targets",
     "parse_json_targets",
     "parse_targets",
     "parse_votable_targets",

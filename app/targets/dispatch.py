@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from galmet.app.targets.csv_file import Prefixed, parse_csv_targets
+from galmet.app.targets.fits_file import parse_fits_targets
 from galmet.app.targets.json_list import read_json_targets
 from galmet.app.targets.rows import TargetRow, TargetsError, one_line_reason
 from galmet.app.targets.votable import parse_votable_targets
@@ -29,6 +30,7 @@ _VOTABLE_TYPES = {
     "text/xml",
     "application/xml",
 }
+_FITS_TYPES = {"application/fits", "image/fits", "application/x-fits"}
 #: Types that say nothing about the content: decide by extension, then by sniffing.
 #: ``application/x-www-form-urlencoded`` is what ``curl --data-binary @file`` sends.
 _VAGUE_TYPES = {
@@ -45,6 +47,9 @@ _EXTENSIONS = {
     ".xml": "votable",
     ".vot": "votable",
     ".votable": "votable",
+    ".fits": "fits",
+    ".fit": "fits",
+    ".fts": "fits",
 }
 _SNIFF_BYTES = 4096
 
@@ -58,15 +63,15 @@ def _sniff(head: bytes) -> str:
         return "json"
     if start.startswith(b"<"):
         return "votable"
-    if start.startswith(b"SIMPLE  ="):
-        raise TargetsError(415, "FITS files are not supported: send CSV, JSON or a VOTable")
+    if head.startswith(b"SIMPLE  ="):
+        return "fits"
     if b"\0" in head:
-        raise TargetsError(415, "the file is binary, not CSV, JSON or a VOTable")
+        raise TargetsError(415, "the file is binary, not CSV, JSON, a VOTable or FITS")
     return "csv"
 
 
 def _kind(content_type: str | None, filename: str | None) -> str | None:
-    """csv, json or votable from the declared type, else the extension; None: sniff."""
+    """csv, json, votable or fits from the declared type, else the extension; None: sniff."""
     ctype = (content_type or "").split(";")[0].strip().lower()
     if ctype in _CSV_TYPES:
         return "csv"
@@ -74,10 +79,14 @@ def _kind(content_type: str | None, filename: str | None) -> str | None:
         return "json"
     if ctype in _VOTABLE_TYPES or ctype.endswith("+xml"):
         return "votable"
+    if ctype in _FITS_TYPES:
+        return "fits"
     if ctype not in _VAGUE_TYPES:
         raise TargetsError(
             415,
-            one_line_reason(f"unsupported target list type {ctype!r}: send CSV, JSON or a VOTable"),
+            one_line_reason(
+                f"unsupported target list type {ctype!r}: send CSV, JSON, a VOTable or FITS"
+            ),
         )
     match = re.search(r"\.[A-Za-z0-9]+$", (filename or "").strip())
     return _EXTENSIONS.get(match.group(0).lower()) if match else None
@@ -96,8 +105,8 @@ def _peek(stream: BinaryIO) -> tuple[bytes, BinaryIO]:
 
 
 def target_format(stream: BinaryIO, filename: str | None, content_type: str | None) -> str:
-    """``"csv"``, ``"json"`` or ``"votable"``: what ``parse_targets`` will read the input
-    as (TargetsError 415 when none). A seekable stream is left where it was; a stream that
+    """``"csv"``, ``"json"``, ``"votable"`` or ``"fits"``: what ``parse_targets`` will read
+    the input as (TargetsError 415 when none). A seekable stream is left where it was; a stream that
     cannot seek is only sniffed when type and extension are both vague, and then it must not
     be parsed afterwards (call ``parse_targets`` directly instead)."""
     kind = _kind(content_type, filename)
@@ -111,7 +120,7 @@ def parse_targets(
 ) -> Iterator[TargetRow] | list[TargetRow]:
     """Rows of a target list of any supported kind, chosen by content type, then file
     extension, then the first bytes. CSV comes back as a lazy iterator (see
-    ``parse_csv_targets``), JSON and VOTable as lists."""
+    ``parse_csv_targets``), JSON, VOTable and FITS as lists."""
     kind = _kind(content_type, filename)
     if kind is None:
         head, stream = _peek(stream)
@@ -120,4 +129,6 @@ def parse_targets(
         return parse_csv_targets(stream, max_targets)
     if kind == "votable":
         return parse_votable_targets(stream, max_targets)
+    if kind == "fits":
+        return parse_fits_targets(stream, max_targets)
     return read_json_targets(stream, max_targets)

@@ -14,7 +14,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from galmet.app.api.deps import JobsDep, SettingsDep
 from galmet.app.api.errors import errors
 from galmet.app.errors import ApiError
-from galmet.app.results import results_csv, results_json, results_meta, results_votable
+from galmet.app.results import results_csv, results_json, results_meta
+from galmet.app.results_tables import results_fits, results_votable
 from galmet.app.schemas import JobOut, TargetIn
 
 router = APIRouter(tags=["jobs"])
@@ -73,14 +74,14 @@ def _check_id(job_id: str) -> str:
         422,
         e400="unreadable file: not UTF-8, invalid JSON, a table that cannot be read",
         e413="too many targets, or file too large",
-        e415="not JSON, CSV or VOTable",
+        e415="not JSON, CSV, VOTable or FITS",
         e422="no targets, or no ra/dec columns",
         e503="not ready, or the broker did not answer",
     ),
 )
 async def submit_job(request: Request, jobs: JobsDep, settings: SettingsDep) -> JSONResponse:
-    """Submit targets as a JSON list, a CSV or VOTable file upload (form field ``file``), or a
-    CSV body. Columns ``ra``, ``dec`` and optionally ``id``. Every row is kept: bad rows are
+    """Submit targets as a JSON list, a CSV, VOTable or FITS file upload (form field ``file``),
+    or a CSV body. Columns ``ra``, ``dec`` and optionally ``id``. Every row is kept: bad rows are
     reported in the results, the others predicted. Returns 202 with the job's status."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
@@ -121,7 +122,11 @@ async def job_status(job_id: str, request: Request, jobs: JobsDep) -> JobOut:
     responses={
         200: {
             "description": "one row per input row: a prediction or the reason there is none",
-            "content": {"text/csv": {}, "application/x-votable+xml": {}},
+            "content": {
+                "text/csv": {},
+                "application/x-votable+xml": {},
+                "application/fits": {},
+            },
         },
         **errors(404, 422, e404="no such job", e422="an unknown format"),
     },
@@ -129,7 +134,9 @@ async def job_status(job_id: str, request: Request, jobs: JobsDep) -> JobOut:
 async def job_results(
     job_id: str,
     jobs: JobsDep,
-    format: Literal["json", "csv", "votable"] = Query("json", description="json, csv or votable"),
+    format: Literal["json", "csv", "votable", "fits"] = Query(
+        "json", description="json, csv, votable or fits (a binary table)"
+    ),
 ) -> Response:
     """Every input row, in input order: the input's columns as given, then the prediction or
     the reason there is none (unanswered rows of a running job show ``queued``), with the
@@ -145,12 +152,17 @@ async def job_results(
             media_type="text/csv",
             headers={"Content-Disposition": f'attachment; filename="{name}.csv"'},
         )
-    if format == "votable":
-        # astropy's writer takes seconds for a large job: off the event loop.
+    if format in ("votable", "fits"):
+        writer, media, ext = (
+            (results_votable, "application/x-votable+xml", "vot")
+            if format == "votable"
+            else (results_fits, "application/fits", "fits")
+        )
+        # astropy's writers take seconds for a large job: off the event loop.
         return Response(
-            await to_thread.run_sync(results_votable, rows, meta, columns),
-            media_type="application/x-votable+xml",
-            headers={"Content-Disposition": f'attachment; filename="{name}.vot"'},
+            await to_thread.run_sync(writer, rows, meta, columns),
+            media_type=media,
+            headers={"Content-Disposition": f'attachment; filename="{name}.{ext}"'},
         )
     return StreamingResponse(
         _grouped(results_json(rows, meta, columns)), media_type="application/json"
