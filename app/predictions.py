@@ -90,12 +90,14 @@ class Predictions:
         check_something_there(row.flags, located)
         return self.output(row, cached=True, located=located)
 
-    def geometry(self, located: Located) -> tuple[int, float]:
-        """(pixels, arcsec/px) of the model's cutout of the object located; for a petro
-        model without the object's petroR90_r, the 422 saying so."""
+    def geometry(self, located: Located, given_r90: float | None = None) -> tuple[int, float]:
+        """(pixels, arcsec/px) of the model's cutout of the object located; a petro model
+        takes the object's petroR90_r, else ``given_r90`` (a job row's own), and without
+        either the 422 saying so."""
         obj = located.obj
+        r90 = None if obj is None else obj.petroR90_r
         try:
-            return self.model.geometry(None if obj is None else obj.petroR90_r)
+            return self.model.geometry(given_r90 if r90 is None else r90)
         except GalmetError as exc:
             raise ApiError(422, str(exc), ["no_petro_radius"]) from None
 

@@ -87,6 +87,30 @@ def test_job_rows_use_the_identified_radius_and_fail_without_one(api, mock_sky, 
     assert rows["sky"]["status"] == "failed" and "petroR90_r" in rows["sky"]["reason"]
 
 
+@SQLITE
+def test_a_jobs_own_petro_radius_serves_where_identification_gives_none(api, mock_sky, petro_model):
+    ra, dec = galaxy(mock_sky, 5)
+    sky = dec - 40 / 3600  # no SDSS object here: no identified radius
+    r = submit(
+        api,
+        "id,ra,dec,petroR90_r\n"
+        f"g,{ra!r},{dec!r},99\n"  # identified: the object's radius wins over the row's
+        f"own,{ra!r},{sky!r},4.5\n"  # the row's radius frames the cutout: empty sky, said so
+        f"bad,{ra!r},{sky!r},-1\n",
+    )
+    assert r.status_code == 202, r.text
+    job = r.json()["id"]
+    wait(api, job)
+    rows = {row["id"]: row for row in httpx.get(f"{api}{API}/jobs/{job}/results").json()}
+    (want,) = offline_predictions(petro_model, [petro_jpeg(mock_sky, 5)], 2)
+    assert rows["g"]["oh_p50"] == pytest.approx(want["oh_p50"], abs=1e-5)
+    assert rows["g"]["petroR90_r"] == "99"  # the user's column comes back as given
+    assert rows["own"]["reason"].startswith("422: no galaxy at this position")
+    assert rows["bad"]["reason"] == (
+        "422: the row's petroR90_r must be a positive number of arcsec, not '-1'"
+    )
+
+
 def test_predict_by_position_on_the_command_line(petro_model, mock_sky, mock_skyserver, capsys):
     ra, dec = galaxy(mock_sky, 11)
     args = ["predict", "--model", str(petro_model), "--skyserver", mock_skyserver]

@@ -384,3 +384,16 @@ def test_json_and_votable_rows_keep_every_cell() -> None:
         {"RA": 150.1, "dec": 2.2, "mag": 17.5, "name": "p"},
         {"RA": 400.0, "dec": 1.0, "mag": None, "name": "q"},
     ]
+
+
+# ---------------------------------------------------------------------------- petroR90_r
+def test_a_rows_own_petro_radius() -> None:
+    from galmet.app.targets.rows import given_petro_radius
+
+    assert given_petro_radius({"ra": "1", "PetroR90_R": "4.5"}) == 4.5
+    assert given_petro_radius({"petro_r90": 3}) == 3.0
+    assert given_petro_radius({"ra": 1}) is None and given_petro_radius(None) is None
+    assert given_petro_radius({"petroR90_r": " "}) is None  # an empty cell: not given
+    for bad in ("x", 0, -1.0, "nan", True):
+        with pytest.raises(ValueError, match="petroR90_r must be a positive number of arcsec"):
+            given_petro_radius({"petroR90_r": bad})

@@ -21,16 +21,15 @@ from dataclasses import dataclass
 
 import numpy as np
 from anyio import to_thread
-from sqlalchemy import bindparam, select, update
-from sqlalchemy.orm import Session
 
 from galmet.app import cache
 from galmet.app.errors import ApiError, blank_cutout_error
-from galmet.app.identify import Located
-from galmet.app.jobs.store import close_job_if_done, now
+from galmet.app.jobs import chunk_rows
+from galmet.app.jobs.chunk_rows import TargetResult
 from galmet.app.metrics import JOB_TARGETS
-from galmet.app.models import Job, JobChunk, JobTarget
+from galmet.app.models import Job, JobTarget
 from galmet.app.predictions import Predictions, check_something_there
+from galmet.app.targets.rows import given_petro_radius
 from galmet.images import centre_has_source, decode_image
 
 log = logging.getLogger("galmet.jobs")
@@ -59,7 +58,7 @@ async def run_chunk(predictions: Predictions, job_id: str, chunk: int) -> ChunkO
     started = time.perf_counter()
     out = ChunkOutcome(job_id, chunk)
     extra = {"job_id": job_id, "chunk": chunk}
-    job, targets, total = await predictions.db.run(_begin, job_id, chunk)
+    job, targets, total = await predictions.db.run(chunk_rows.begin, job_id, chunk)
     if job is None:
         log.warning("job %s is gone; chunk %d dropped", job_id, chunk, extra=extra)
         return out
@@ -67,7 +66,7 @@ async def run_chunk(predictions: Predictions, job_id: str, chunk: int) -> ChunkO
     heartbeat = asyncio.create_task(_heartbeat(predictions, job_id, chunk))
     try:
         results = await _answer(predictions, job, targets, out)
-        out.job_finished = await predictions.db.run(_finish, job_id, chunk, results)
+        out.job_finished = await predictions.db.run(chunk_rows.finish, job_id, chunk, results)
     finally:
         heartbeat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -101,30 +100,18 @@ async def run_chunk(predictions: Predictions, job_id: str, chunk: int) -> ChunkO
 
 
 # ---------------------------------------------------------------------------- the work
-@dataclass
-class _Result:
-    """A target's outcome: ``(status, reason, cached, prediction_id)``, and the SDSS object
-    at its position."""
-
-    status: str
-    reason: str | None = None
-    cached: bool | None = None
-    prediction_id: int | None = None
-    located: Located | None = None
-
-
 async def _answer(
     predictions: Predictions, job: Job, targets: list[JobTarget], out: ChunkOutcome
-) -> dict[int, _Result]:
+) -> dict[int, TargetResult]:
     model = predictions.model
-    results: dict[int, _Result] = {}
+    results: dict[int, TargetResult] = {}
     if job.model_version != model.version:
         reason = (
             f"this worker runs model {model.version[:12]}, the job was submitted for "
             f"{job.model_version[:12]}: run workers with the API's checkpoint"
         )
         for t in targets:
-            results[t.id] = _Result("failed", reason)
+            results[t.id] = TargetResult("failed", reason)
         out.failed = len(targets)
         return results
 
@@ -139,25 +126,31 @@ async def _answer(
         )
     )
     centres = {i: loc.centre for i, loc in located.items()}
-    hits = await predictions.db.run(_cached, [(t.id, *centres[t.id]) for t in targets], job)
+    wanted = [(t.id, *centres[t.id]) for t in targets]
+    hits = await predictions.db.run(chunk_rows.cached, wanted, job)
     for target_id, (prediction_id, flags) in hits.items():
         try:
             check_something_there(flags, located[target_id])
         except ApiError as error:
-            results[target_id] = _Result("failed", f"{error.status}: {error.detail}")
+            results[target_id] = TargetResult("failed", f"{error.status}: {error.detail}")
             out.failed += 1
             continue
-        results[target_id] = _Result("done", cached=True, prediction_id=prediction_id)
+        results[target_id] = TargetResult("done", cached=True, prediction_id=prediction_id)
         out.cached += 1
     todo = [t for t in targets if t.id not in hits]
     out.cache_seconds = time.perf_counter() - clock
-    # Each target's cutout geometry: the model's one, or (petro) from its object's radius.
+    # Each target's cutout geometry: the model's one, or (petro) from its object's radius,
+    # else the row's own petroR90_r column.
     geometry: dict[int, tuple[int, float]] = {}
     for t in todo:
         try:
-            geometry[t.id] = predictions.geometry(located[t.id])
+            given = given_petro_radius(t.input_cells) if model.scale_mode == "petro" else None
+            geometry[t.id] = predictions.geometry(located[t.id], given)
+        except ValueError as error:
+            results[t.id] = TargetResult("failed", f"422: {error}")
+            out.failed += 1
         except ApiError as error:
-            results[t.id] = _Result("failed", f"{error.status}: {error.detail}")
+            results[t.id] = TargetResult("failed", f"{error.status}: {error.detail}")
             out.failed += 1
     todo = [t for t in todo if t.id in geometry]
 
@@ -187,7 +180,7 @@ async def _answer(
                     failures[t.id] = error
                     part_ready.remove((t, pixels))
             for target_id, error in failures.items():
-                results[target_id] = _Result("failed", f"{error.status}: {error.detail}")
+                results[target_id] = TargetResult("failed", f"{error.status}: {error.detail}")
             out.failed += len(failures)
             if part_ready:
                 clock = time.perf_counter()
@@ -202,10 +195,10 @@ async def _answer(
     if ready:
         # 3. Idempotent upserts, one transaction for the chunk.
         clock = time.perf_counter()
-        stored = await predictions.db.run(_store, ready, records, job, centres)
+        stored = await predictions.db.run(chunk_rows.store, ready, records, job, centres)
         out.store_seconds = time.perf_counter() - clock
         for t, _ in ready:
-            results[t.id] = _Result("done", cached=False, prediction_id=stored[t.id])
+            results[t.id] = TargetResult("done", cached=False, prediction_id=stored[t.id])
         out.predicted = len(ready)
     for target_id, result in results.items():
         result.located = located[target_id]
@@ -225,7 +218,7 @@ async def _images(
     clock = time.perf_counter()
     model = predictions.model
     rows = await predictions.db.run(
-        _cutouts, [(t.id, *centres[t.id], *geometry[t.id]) for t in targets]
+        chunk_rows.cutouts, [(t.id, *centres[t.id], *geometry[t.id]) for t in targets]
     )
     missing = [t for t in targets if t.id not in rows]
 
@@ -279,131 +272,9 @@ async def _heartbeat(predictions: Predictions, job_id: str, chunk: int) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            await predictions.db.run(_touch, job_id, chunk)
+            await predictions.db.run(chunk_rows.touch, job_id, chunk)
         except Exception:  # a missed beat is harmless; the next one may get through
             log.warning("heartbeat of chunk %d of job %s failed", chunk, job_id, exc_info=True)
 
 
 # ---------------------------------------------------------------------------- database steps
-def _begin(session: Session, job_id: str, chunk: int) -> tuple[Job | None, list[JobTarget], int]:
-    job = session.get(Job, job_id)
-    if job is None:
-        return None, [], 0
-    stamp = now()
-    session.execute(
-        update(JobChunk)
-        .where(JobChunk.job_id == job_id, JobChunk.chunk == chunk)
-        .values(attempts=JobChunk.attempts + 1, heartbeat_at=stamp)
-    )
-    session.commit()
-    rows = session.scalars(
-        select(JobTarget)
-        .where(JobTarget.job_id == job_id, JobTarget.chunk == chunk)
-        .order_by(JobTarget.row)
-    ).all()
-    session.expunge_all()
-    return job, [t for t in rows if t.status == "queued"], len(rows)
-
-
-def _touch(session: Session, job_id: str, chunk: int) -> None:
-    session.execute(
-        update(JobChunk)
-        .where(JobChunk.job_id == job_id, JobChunk.chunk == chunk)
-        .values(heartbeat_at=now())
-    )
-    session.commit()
-
-
-def _cached(
-    session: Session, targets: list[tuple[int, float, float]], job: Job
-) -> dict[int, tuple[int, list[str]]]:
-    """Target id -> (id, flags) of the cached prediction at its centre, where there is one."""
-    hits = {}
-    for target_id, ra, dec in targets:
-        row = cache.find_sky(session, ra, dec, job.model_version, job.tta)
-        if row is not None:
-            hits[target_id] = (row.id, list(row.flags))
-    return hits
-
-
-def _cutouts(session: Session, targets: list[tuple[int, float, float, int, float]]) -> dict:
-    """Cached cutouts of ``(target id, ra, dec, size, scale)`` by target id."""
-    found = {}
-    for target_id, ra, dec, size, scale in targets:
-        row = cache.get_cutout(session, ra, dec, scale, size)
-        if row is not None:
-            found[target_id] = row
-    session.expunge_all()
-    return found
-
-
-def _store(
-    session: Session,
-    ready: list,
-    records: list[dict],
-    job: Job,
-    centres: dict[int, tuple[float, float]],
-) -> dict[int, int]:
-    items = [
-        {
-            "model_version": job.model_version,
-            "tta": job.tta,
-            "flags": [] if centre_has_source(pixels) else ["no_source_at_centre"],
-            "ra": centres[t.id][0],
-            "dec": centres[t.id][1],
-            **record,
-        }
-        for (t, pixels), record in zip(ready, records, strict=True)
-    ]
-    rows = cache.store_predictions(session, items)
-    return {t.id: row.id for (t, _), row in zip(ready, rows, strict=True)}
-
-
-def _finish(session: Session, job_id: str, chunk: int, results: dict[int, _Result]) -> bool:
-    """Record the outcomes (only over rows still queued) and close the chunk, and the job when
-    this was its last queued work. Returns whether the job is finished."""
-    table = JobTarget.__table__
-    if results:  # one executemany; only rows still queued, so a re-run changes nothing
-        session.connection().execute(
-            table.update()
-            .where(table.c.id == bindparam("t_id"), table.c.status == "queued")
-            .values(
-                status=bindparam("t_status"),
-                reason=bindparam("t_reason"),
-                cached=bindparam("t_cached"),
-                prediction_id=bindparam("t_prediction"),
-                object_status=bindparam("t_object"),
-                obj_id=bindparam("t_obj_id"),
-                obj_type=bindparam("t_obj_type"),
-                separation_arcsec=bindparam("t_separation"),
-            ),
-            [
-                {
-                    "t_id": target_id,
-                    "t_status": r.status,
-                    "t_reason": r.reason,
-                    "t_cached": r.cached,
-                    "t_prediction": r.prediction_id,
-                    "t_object": r.located.status if r.located else None,
-                    "t_obj_id": r.located.obj.objID if r.located and r.located.obj else None,
-                    "t_obj_type": r.located.obj.type if r.located and r.located.obj else None,
-                    "t_separation": (
-                        r.located.obj.separation_arcsec if r.located and r.located.obj else None
-                    ),
-                }
-                for target_id, r in results.items()
-            ],
-        )
-    stamp = now()
-    session.execute(
-        update(JobChunk)
-        .where(JobChunk.job_id == job_id, JobChunk.chunk == chunk)
-        .values(finished_at=stamp, heartbeat_at=stamp)
-    )
-    session.commit()
-    # Only after the commit: two chunks finishing together on PostgreSQL (read committed)
-    # would each count the other's rows as still queued inside their own transactions,
-    # and neither would close the job. The last chunk to commit sees every row answered.
-    finished = close_job_if_done(session, job_id)
-    session.commit()
-    return finished

@@ -32,6 +32,8 @@ DEC_NAMES = (
     "declination",
 )
 ID_NAMES = ("id", "objid", "name")
+#: A target's own Petrosian radius (arcsec, r band) for a petro-scaled model, SDSS's name first.
+PETRO_NAMES = ("petror90_r", "petror90", "petro_r90")
 ALIASES = ((RA_NAMES, "ra"), (DEC_NAMES, "dec"), (ID_NAMES, "id"))
 
 #: ``JobTarget.target_id`` is ``String(200)``: a longer id would fail the job's INSERT.
@@ -204,3 +206,22 @@ def too_many(max_targets: int) -> TargetsError:
 def no_targets() -> TargetsError:
     """The 422 for an input without a single data row."""
     return TargetsError(422, "the job has no targets")
+
+
+def given_petro_radius(cells: dict[str, Any] | None) -> float | None:
+    """The target's own ``petroR90_r`` (a column named as in ``PETRO_NAMES``, any case), or
+    None when the input has no such column or the cell is empty. A cell that is not a
+    positive number raises ValueError saying so."""
+    by_name = {norm_name(k): (k, v) for k, v in (cells or {}).items()}
+    found = next((n for n in PETRO_NAMES if n in by_name), None)
+    name, value = (None, None) if found is None else by_name[found]
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        radius = float(value)
+    except (TypeError, ValueError):
+        radius = math.nan
+    if isinstance(value, bool) or not math.isfinite(radius) or radius <= 0:
+        shown = one_line_reason(repr(value), 40)
+        raise ValueError(f"the row's {name} must be a positive number of arcsec, not {shown}")
+    return radius
