@@ -18,6 +18,7 @@ import torch
 
 from galmet.d4 import check_tta, tta_views
 from galmet.errors import GalmetError
+from galmet.image_stats import image_statistics
 from galmet.model import Checkpoint
 from galmet.preprocess import decode_batch, normalise
 from galmet.scale_mode import petro_scale, recorded_scale_mode
@@ -129,7 +130,9 @@ class Predictor:
     the head's input on its training set) is the mean of the copies' scores (and of the
     members', each against its own training statistics), not the score of the mean features:
     each copy is then judged on the scale the threshold was set on, and a copy that looks
-    unlike the training set is not averaged away before it is measured.
+    unlike the training set is not averaged away before it is measured. Where the checkpoint
+    also has the training set's pixel statistics (``galmet.image_stats``), the score is the
+    larger of that and the image's own distance in those statistics, on the same scale.
     """
 
     def __init__(self, checkpoint: Checkpoint, device: str | torch.device = "cpu") -> None:
@@ -147,6 +150,13 @@ class Predictor:
                 (m["mean"].float().to(self.device), m["precision"].float().to(self.device))
                 for m in members
             ]
+        image = (checkpoint.ood or {}).get("image")
+        self._image_stats = None
+        if image is not None and self._ood_stats is not None:
+            self._image_stats = (
+                image["mean"].float().to(self.device),
+                image["precision"].float().to(self.device),
+            )
 
     @classmethod
     def from_file(cls, path: Path, device: str | torch.device = "cpu") -> Predictor:
@@ -185,7 +195,12 @@ class Predictor:
             sigmas.append((var.sqrt() * self.sigma_scale(tta)).cpu())
             spreads.append(spread.cpu())
             if score_all:
-                scores.append(torch.cat(score_all).mean(dim=0).cpu())
+                score = torch.cat(score_all).mean(dim=0)
+                if self._image_stats is not None:
+                    stats = image_statistics(x, ck.input_mean, ck.input_std)
+                    pixels = ood_scores(stats, *self._image_stats)
+                    score = torch.maximum(score, pixels)
+                scores.append(score.cpu())
         mean = torch.cat(means).numpy() * self._std + self._mean
         sigma = torch.cat(sigmas).numpy() * self._std
         spread = torch.cat(spreads).numpy() * self._std

@@ -19,8 +19,10 @@ import pytest
 import torch
 from astropy.io.votable import parse_single_table
 
+from galmet.image_stats import image_statistics
 from galmet.model import Checkpoint
 from galmet.predictor import Predictor, ood_scores
+from galmet.preprocess import normalise
 from galmet.record import OOD_FLAG, public_fields, record_flags
 from galmet.training.config import TrainConfig
 from galmet.training.dataset import load_data, split_indices
@@ -73,6 +75,7 @@ def test_training_stores_the_statistics_and_a_validation_threshold(trained):
     ck = Checkpoint.load(out)
     (member,) = ck.ood["members"]
     assert member["mean"].shape == (1024,) and member["precision"].shape == (1024, 1024)
+    assert ck.ood["image"]["mean"].shape == (15,)  # colours, concentration, light, sky
     assert set(ck.ood["threshold"]) == {1, 2, 4, 8}
     assert ck.ood["quantile"] == OOD_QUANTILE == 0.99
     assert ck.ood["n_train"] > ck.ood["n_valid"] > 0
@@ -103,6 +106,38 @@ def test_held_out_galaxies_score_below_noise_and_the_threshold_flags(trained):
     # The nearest calibrated level's threshold serves a level without its own.
     predictor.checkpoint.ood["threshold"] = {1: 0.0}
     assert all(r["out_of_distribution"] for r in predictor.predict_arrays(images, tta=8))
+
+
+def test_the_pixel_statistics_catch_swapped_colours(trained, tmp_path):
+    data_dir, out = trained
+    predictor = Predictor.from_file(out)
+    data = load_data(data_dir, ["oh_p50"], 32, None, progress=False)
+    rows = torch.from_numpy(split_indices(len(data), 0)["test"])
+    held_out = data.images[rows]
+    swapped = held_out[:, [2, 1, 0]]  # g <-> i: SDSS JPEGs hold i, r, g as R, G, B
+    ck = predictor.checkpoint
+
+    def pixels(images: torch.Tensor) -> np.ndarray:
+        x = normalise(images, ck.bands, ck.input_mean, ck.input_std)
+        stats = image_statistics(x, ck.input_mean, ck.input_std)
+        return ood_scores(stats, **ck.ood["image"]).numpy()
+
+    # Swapped colours are farther from the training galaxies in pixel statistics (a red
+    # galaxy swapped can pass for a blue one: its colour gradient, bulge bluer than disc,
+    # gives it away; bench/ood.py measures the rate on a real-sized sample)...
+    assert np.median(pixels(swapped)) > 1.5 * np.median(pixels(held_out))
+    # ...and the score a prediction carries is the larger of the two parts: flagged.
+    both = predictor.predict_images(swapped, 2).ood_score
+    assert np.all(both >= pixels(swapped) - 1e-4)
+
+    # A checkpoint scored before the pixel statistics existed keeps its feature-only score.
+    raw = torch.load(out, weights_only=False)
+    del raw["ood"]["image"]
+    older = tmp_path / "features-only.pt"
+    torch.save(raw, older)
+    features_only = Predictor.from_file(older).predict_images(swapped, 2).ood_score
+    assert np.all(features_only <= both + 1e-4)
+    assert np.any(features_only < both - 1e-3)
 
 
 def test_a_checkpoint_without_the_statistics_predicts_without_a_score(trained, tmp_path):
