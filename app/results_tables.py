@@ -64,8 +64,9 @@ COLUMN_META: dict[str, tuple[str | None, str | None, str]] = {
     "ood_score": (
         None,
         "stat.fit.goodness",
-        "out-of-distribution score: Mahalanobis distance of the image's features from the "
-        "training set's over sqrt(their number), about 1 for a typical training galaxy; "
+        "out-of-distribution score: Mahalanobis distance of the image's network features "
+        "(or of its pixel statistics, whichever is larger) from the training set's over "
+        "sqrt(their number), about 1 for a typical training galaxy; "
         "flagged out_of_distribution above the model's threshold",
     ),
     "cached": (None, "meta.code", "true when the prediction came from the cache"),

@@ -146,8 +146,10 @@ class PredictionOut(BaseModel):
     ood_score: float | None = Field(
         None,
         description="out-of-distribution score: the Mahalanobis distance of the image's "
-        "features from the training set's, over the square root of their number (about 1 for "
-        "a typical training galaxy); above the model's threshold (the 99th percentile of its "
+        "network features (and, for newer models, the larger of that and the distance of its "
+        "pixel statistics: colours, concentration, sky) from the training set's, over the "
+        "square root of their number (about 1 for a typical training galaxy); above the "
+        "model's threshold (the 99th percentile of its "
         "validation galaxies) the flags hold out_of_distribution. Null for a model trained "
         "before the score existed",
     )

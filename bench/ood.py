@@ -38,7 +38,7 @@ from galmet.training.dataset import load_data, split_indices
 from galmet.training.mock_population import FOOTPRINT, colour_offsets, nmgy
 from galmet.training.mock_render import Renderer, encode_jpeg
 from galmet.training.mocksky import MockSky
-from galmet.training.ood import OOD_QUANTILE, fit_ood
+from galmet.training.ood import fit_ood, set_ood_thresholds
 from galmet.training.simulate import simulate
 from galmet.training.train import train
 
@@ -136,6 +136,11 @@ def main() -> None:
     parser.add_argument(
         "--model", type=Path, help="score this checkpoint instead of OUT/model.pt (its data: OUT)"
     )
+    parser.add_argument(
+        "--refit",
+        action="store_true",
+        help="fit the model's OOD statistics again (as this version's training would)",
+    )
     args = parser.parse_args()
     levels = [check_tta(t) for t in args.tta]
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -165,16 +170,14 @@ def main() -> None:
     data = load_data(data_dir, list(ck.outputs), ck.input_size, None, progress=False)
     split = split_indices(len(data), ck.split_seed)
     test_rows = split["test"]
-    if not ck.ood:
+    if not ck.ood or args.refit:
         # A checkpoint written before the statistics existed (or at a cycle end of a run
-        # still going): fit them as training's end does, on the same split.
+        # still going, or asked to): fit them as training's end does, on the same split.
         fit_ood(predictor, data, [split["train"]])
         predictor = Predictor(ck)
         valid = data.images[torch.from_numpy(split["valid"])]
-        ck.ood["threshold"] = {
-            tta: float(np.quantile(predictor.predict_images(valid, tta).ood_score, OOD_QUANTILE))
-            for tta in levels
-        }
+        preds = {tta: predictor.predict_images(valid, tta) for tta in levels}
+        set_ood_thresholds(ck.ood, {t: (p.ood_features, p.ood_pixels) for t, p in preds.items()})
     sets = build_sets(data_dir, data, test_rows, ck.input_size, args.n_ood, args.scale)
     rendered = time.perf_counter()
 

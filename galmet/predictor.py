@@ -109,6 +109,10 @@ class Prediction:
     sigma: np.ndarray  # calibrated: model sigma and TTA/ensemble spread combined
     spread: np.ndarray  # standard deviation over the TTA copies (and ensemble members)
     ood_score: np.ndarray | None = None  # (N,); None for a checkpoint without feature stats
+    #: The score's two parts before they are combined, (N,) each: the network features' and
+    #: the pixel statistics' (None for a checkpoint without pixel statistics).
+    ood_features: np.ndarray | None = None
+    ood_pixels: np.ndarray | None = None
 
 
 def ood_scores(features: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
@@ -131,8 +135,10 @@ class Predictor:
     members', each against its own training statistics), not the score of the mean features:
     each copy is then judged on the scale the threshold was set on, and a copy that looks
     unlike the training set is not averaged away before it is measured. Where the checkpoint
-    also has the training set's pixel statistics (``galmet.image_stats``), the score is the
-    larger of that and the image's own distance in those statistics, on the same scale.
+    also has the training set's pixel statistics (``galmet.image_stats``) and their own
+    validation threshold, the score is the larger of that and the image's distance in those
+    statistics scaled so that the two thresholds coincide: each part flags what it alone
+    would, and neither part's tail moves the other's threshold.
     """
 
     def __init__(self, checkpoint: Checkpoint, device: str | torch.device = "cpu") -> None:
@@ -172,7 +178,7 @@ class Predictor:
     ) -> Prediction:
         """Predictions for a uint8 batch (N, 3, H, W) or (N, H, W, 3)."""
         ck = self.checkpoint
-        means, sigmas, spreads, scores = [], [], [], []
+        means, sigmas, spreads, scores, pixel_scores = [], [], [], [], []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size].to(self.device, non_blocking=True)
             x = normalise(chunk, ck.bands, ck.input_mean, ck.input_std)
@@ -195,17 +201,31 @@ class Predictor:
             sigmas.append((var.sqrt() * self.sigma_scale(tta)).cpu())
             spreads.append(spread.cpu())
             if score_all:
-                score = torch.cat(score_all).mean(dim=0)
+                scores.append(torch.cat(score_all).mean(dim=0).cpu())
                 if self._image_stats is not None:
                     stats = image_statistics(x, ck.input_mean, ck.input_std)
-                    pixels = ood_scores(stats, *self._image_stats)
-                    score = torch.maximum(score, pixels)
-                scores.append(score.cpu())
+                    pixel_scores.append(ood_scores(stats, *self._image_stats).cpu())
         mean = torch.cat(means).numpy() * self._std + self._mean
         sigma = torch.cat(sigmas).numpy() * self._std
         spread = torch.cat(spreads).numpy() * self._std
-        ood = torch.cat(scores).numpy() if scores else None
-        return Prediction(list(ck.outputs), mean, sigma, spread, ood)
+        features = torch.cat(scores).numpy() if scores else None
+        pixels = torch.cat(pixel_scores).numpy() if pixel_scores else None
+        ood = self._combined(features, pixels, tta)
+        return Prediction(list(ck.outputs), mean, sigma, spread, ood, features, pixels)
+
+    def _combined(
+        self, features: np.ndarray | None, pixels: np.ndarray | None, tta: int
+    ) -> np.ndarray | None:
+        """The score: the features' part, or, once both parts have thresholds, the larger of
+        it and the pixel part put on its scale (each part's threshold at the same value), so
+        that either part alone crosses the flag's threshold where it would on its own."""
+        image = (self.checkpoint.ood or {}).get("image") or {}
+        feature_threshold = self.ood_threshold(tta)
+        if features is None or pixels is None or not image.get("threshold"):
+            return features
+        if feature_threshold is None:
+            return features
+        return np.maximum(features, pixels * (feature_threshold / image["threshold"]))
 
     @torch.inference_mode()
     def pooled_features(self, images: torch.Tensor, batch_size: int = 256) -> list[np.ndarray]:

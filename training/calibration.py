@@ -10,27 +10,26 @@ from galmet.d4 import TTA_TRANSFORMS
 from galmet.predictor import Predictor
 from galmet.training.dataset import GalaxyData
 from galmet.training.metrics import summarise
-from galmet.training.ood import OOD_QUANTILE
+from galmet.training.ood import set_ood_thresholds
 
 
 def calibrate_sigma(predictor: Predictor, data: GalaxyData, rows: np.ndarray) -> dict[int, float]:
     """Per TTA level, the factor that puts 68.3% of validation residuals within ±sigma.
 
     Where the predictor scores out-of-distribution (its checkpoint has ``ood`` statistics),
-    the same predictions set ``ood["threshold"]`` per TTA level at the ``OOD_QUANTILE`` of
-    the validation scores, and ``ood["n_valid"]``.
+    the same predictions set its thresholds (``training.ood.set_ood_thresholds``).
     """
     predictor.checkpoint.sigma_scale = {}
     images = data.images[torch.from_numpy(rows)]
-    scales, thresholds = {}, {}
+    scales, parts = {}, {}
     for tta in TTA_TRANSFORMS:
         pred = predictor.predict_images(images, tta)
         ratio = np.abs(pred.mean - data.targets[rows]) / np.maximum(pred.sigma, 1e-9)
         scales[tta] = float(np.quantile(ratio, 0.6827))
-        if pred.ood_score is not None:
-            thresholds[tta] = float(np.quantile(pred.ood_score, OOD_QUANTILE))
-    if thresholds:
-        predictor.checkpoint.ood |= {"threshold": thresholds, "n_valid": int(len(rows))}
+        if pred.ood_features is not None:
+            parts[tta] = (pred.ood_features, pred.ood_pixels)
+    if parts:
+        set_ood_thresholds(predictor.checkpoint.ood, parts)
     return scales
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.covariance import LedoitWolf
+from sklearn.covariance import EmpiricalCovariance, LedoitWolf
 
 from galmet.image_stats import image_statistics
 from galmet.predictor import Predictor
@@ -31,14 +31,19 @@ OOD_QUANTILE = 0.99
 def feature_statistics(features: np.ndarray, standardise: bool = False) -> dict[str, torch.Tensor]:
     """Mean and precision (the inverse of the Ledoit-Wolf covariance) of (N, F) features, as
     float32 tensors: one member's entry of ``Checkpoint.ood["members"]``. ``standardise``
-    shrinks the correlations instead (Ledoit-Wolf on each feature over its own spread): for
-    features in unlike units, where shrinking towards one common variance would drown the
-    small-spread ones (a colour's) in the large (a brightness')."""
+    shrinks the correlations instead (Ledoit-Wolf on each feature over its own spread), and
+    not at all given ten images per feature: for a few features in unlike units, where
+    shrinking towards one common variance would drown the small-spread ones (a colour's) in
+    the large (a brightness')."""
     if len(features) < 2:
         raise ValueError("feature statistics need at least two images")
     features = np.asarray(features, dtype=np.float64)
     scale = features.std(axis=0).clip(min=1e-12) if standardise else np.ones(features.shape[1])
-    fit = LedoitWolf().fit(features / scale)
+    # Shrinkage is for too few images to pin the covariance down; with ten per feature the
+    # sample covariance is kept whole, since shrinking the correlations would blur exactly
+    # the tight combinations (a colour gradient) that tell an odd image from a galaxy.
+    shrink = not standardise or len(features) < 10 * features.shape[1]
+    fit = (LedoitWolf() if shrink else EmpiricalCovariance()).fit(features / scale)
     return {
         "mean": torch.from_numpy(fit.location_ * scale).float(),
         "precision": torch.from_numpy(fit.precision_ / np.outer(scale, scale)).float(),
@@ -83,3 +88,18 @@ def pixel_statistics(
         x = normalise(chunk, ck.bands, ck.input_mean, ck.input_std)
         out.append(image_statistics(x, ck.input_mean, ck.input_std).double().numpy())
     return np.concatenate(out)
+
+
+def set_ood_thresholds(ood: dict, parts: dict[int, tuple[np.ndarray, np.ndarray | None]]) -> dict:
+    """Set ``ood``'s thresholds from validation scores, ``{tta: (feature part, pixel part)}``:
+    ``threshold`` per TTA level at the ``OOD_QUANTILE`` of the feature part, and the pixel
+    part's (the same at every level: it is computed once per image) under ``image``. Also
+    ``n_valid``. Returns ``ood``."""
+    ood["threshold"] = {
+        tta: float(np.quantile(features, OOD_QUANTILE)) for tta, (features, _) in parts.items()
+    }
+    _, pixels = next(iter(parts.values()))
+    if pixels is not None and ood.get("image") is not None:
+        ood["image"]["threshold"] = float(np.quantile(pixels, OOD_QUANTILE))
+    ood["n_valid"] = int(len(pixels if pixels is not None else next(iter(parts.values()))[0]))
+    return ood
