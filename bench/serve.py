@@ -60,13 +60,13 @@ def wait_until_up(url: str, proc: subprocess.Popen, seconds: float = 600) -> Non
 
 
 @contextlib.contextmanager
-def process(args: list[str], url: str, env: dict | None = None) -> Iterator[None]:
+def process(args: list[str], url: str, env: dict | None = None) -> Iterator[subprocess.Popen]:
     proc = subprocess.Popen(
         args, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     try:
         wait_until_up(url, proc)
-        yield
+        yield proc
     finally:
         proc.terminate()
         try:
