@@ -1,6 +1,6 @@
 """Benchmark the prediction service on loopback. Run by hand (wrk: ``apt-get install -y wrk``):
 
-    python bench/serve.py [--model MODEL.pt] [--part all|cached|workers|uploads]
+    python bench/serve.py [--model MODEL.pt] [--part all | cached workers uploads]
 
 Starts `galmet mock-skyserver` and `galmet serve` as subprocesses (a fresh SQLite database
 each time; a random-weight model unless --model: a cached answer does not depend on it) and
@@ -244,7 +244,13 @@ def uploads_part(model: Path, sky_url: str, positions, images, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="checkpoint to serve (default: random weights)")
-    parser.add_argument("--part", choices=["all", "cached", "workers", "uploads"], default="all")
+    parser.add_argument(
+        "--part",
+        nargs="+",
+        choices=["all", "cached", "workers", "uploads"],
+        default=["all"],
+        help="what to measure (all)",
+    )
     parser.add_argument("--seconds", type=float, default=10, help="each wrk run (10)")
     parser.add_argument("--connections", type=int, default=50, help="wrk connections (50)")
     parser.add_argument("--clients", type=int, default=50, help="clients for uncached requests")
@@ -266,7 +272,8 @@ def run(args: argparse.Namespace, size: int, scale: float) -> None:
     sky = MockSky(SKY_N, SKY_SEED)
     cat = sky.catalog()[: args.n]
     positions = [(float(r["ra"]), float(r["dec"])) for r in cat]
-    n_images = args.n if args.part in ("all", "uploads") else 1
+    parts = {"cached", "workers", "uploads"} if "all" in args.part else set(args.part)
+    n_images = args.n if "uploads" in parts else 1
     print(f'rendering {n_images} upload images ({size} px at {scale}"/px) ...', flush=True)
     images = [sky.cutout_jpeg(ra, dec, scale, size, size) for ra, dec in positions[:n_images]]
     figures: dict = {"model": str(args.model), "cpu_count": os.cpu_count()}
@@ -277,11 +284,11 @@ def run(args: argparse.Namespace, size: int, scale: float) -> None:
     mock = [sys.executable, "-m", "galmet", "mock-skyserver", "--port", str(port)]
     mock += ["--n", str(SKY_N), "--seed", str(SKY_SEED)]
     with process(mock, f"http://127.0.0.1:{port}/mock/stats"):
-        if args.part in ("all", "cached"):
+        if "cached" in parts:
             figures["cached"] = cached_part(args.model, sky_url, positions[0], images[0], args)
-        if args.part in ("all", "workers"):
+        if "workers" in parts:
             figures["workers"] = workers_part(args.model, sky_url, positions[0], images[0], args)
-        if args.part in ("all", "uploads"):
+        if "uploads" in parts:
             figures["n"] = args.n
             figures |= uploads_part(args.model, sky_url, positions, images, args)
     print(json.dumps(figures))

@@ -3,7 +3,8 @@
     python bench/soak.py [--seconds 60] [--clients 50] [--model MODEL.pt]
 
 Starts `galmet mock-skyserver` and `galmet serve` (a fresh SQLite database, TTA 1, a
-random-weight model unless --model) as subprocesses. A warm-up predicts a set of positions
+random-weight model unless --model, no SkyServer rate limit unless --skyserver-rate) as
+subprocesses. A warm-up predicts a set of positions
 and uploads, so that they are cached, and loads the service with the mix below for
 --warmup seconds; then the server's resident memory is read and --clients clients send the
 mix for --seconds:
@@ -202,6 +203,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50, help="concurrent clients (50)")
     parser.add_argument("--cached", type=int, default=50, help="positions/uploads cached first")
     parser.add_argument("--fresh", type=int, default=1500, help="uncached positions available")
+    parser.add_argument(
+        "--skyserver-rate",
+        default="0",
+        help="GALMET_SKYSERVER_RATE of the service (0: no limit; the default 10/s, polite to "
+        "the real SDSS, would hold uncached requests in its queue for seconds)",
+    )
     parser.add_argument("--drain", type=float, default=300, help="most seconds to wait for jobs")
     args = parser.parse_args()
 
@@ -237,6 +244,7 @@ def soak(args: argparse.Namespace, tmp: Path, positions: list, images: list[byte
         "GALMET_DATABASE_URL": f"sqlite:///{tmp}/soak.sqlite3",
         "GALMET_DEVICE": "cpu",
         "GALMET_TTA": "1",
+        "GALMET_SKYSERVER_RATE": args.skyserver_rate,
     }
     serve = [sys.executable, "-m", "galmet", "serve", "--port", str(port), "--log-level", "error"]
     with (
