@@ -96,9 +96,11 @@ class Predictions:
 
     async def _predict_coordinates(self, ra: float, dec: float) -> PredictionOut:
         m = self.model
-        (located,) = await self.identifier.locate([(ra, dec)])
+        located, row = await self.db.run(self._cached_answer, ra, dec)
+        if located is None:  # never identified: ask SkyServer, then look again
+            (located,) = await self.identifier.locate([(ra, dec)])
+            row = await self.db.run(cache.find_sky, *located.centre, m.version, m.tta)
         cra, cdec = located.centre
-        row = await self.db.run(cache.find_sky, cra, cdec, m.version, m.tta)
         if row is None:
             cutout = await self.cutout(cra, cdec, *self.geometry(located))
             if cutout.blank:
@@ -113,6 +115,15 @@ class Predictions:
         if located.status != "unknown":  # a failed object look-up is asked again next time
             self.hot.put(("sky", ra, dec, m.version, m.tta), encode(answer))
         return answer
+
+    def _cached_answer(self, session, ra: float, dec: float):
+        """(located, cached prediction row) from the database in one session, so a cached
+        answer costs one thread hop; (None, None) when the position was never identified."""
+        located = self.identifier.known(session, ra, dec)
+        if located is None:
+            return None, None
+        m = self.model
+        return located, cache.find_sky(session, *located.centre, m.version, m.tta)
 
     def geometry(self, located: Located) -> tuple[int, float]:
         """(pixels, arcsec/px) of the model's cutout of the object located; for a petro

@@ -10,7 +10,8 @@ measures:
    stack is FastAPI on the same uvicorn returning the same prediction JSON
    (``bench/bare_app.py``); for each of GET /predict, POST /predict (JSON body) and a cached
    upload (multipart, found by SHA-256), wrk loads the bare app's same route, then galmet's,
-   for --seconds at --connections (requests/s, p50, p99, and galmet's ratio to bare);
+   for --seconds at --connections (requests/s, p50, p99, and galmet's ratio to bare); and
+   cached GETs from a service keeping no answers in memory (the database path);
 2. ``workers``: cached GET /predict with ``galmet serve --workers N``, N = 1 and 2;
 3. ``uploads`` (httpx clients): uncached predictions by coordinates per second, image uploads
    per second with TTA 1 and 8 at 32 clients, and the gain of micro-batching (batch size 1).
@@ -162,24 +163,29 @@ def cached_requests(position: tuple[float, float], image: bytes) -> dict[str, tu
 
 
 def cached_part(model: Path, sky_url: str, position, image: bytes, args) -> dict:
-    """Cached answers against the bare stack, route by route, in one run."""
+    """Cached answers against the bare stack, route by route, in one run; and cached GETs
+    from the database alone (no answers kept in memory: GALMET_HOT_ANSWERS=0)."""
     rows: dict = {}
-    with galmet_service(model, sky_url, tta="1") as url, tempfile.TemporaryDirectory() as tmp:
+    with (
+        galmet_service(model, sky_url, tta="1") as url,
+        galmet_service(model, sky_url, tta="1", hot_answers="0") as db_url,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         answer = Path(tmp) / "answer.json"
         answer.write_text(json.dumps(warm_cache(url, position, image)))
+        warm_cache(db_url, position, image)
         port = free_port()
         bare = f"http://127.0.0.1:{port}"
         app = [sys.executable, str(Path(__file__).with_name("bare_app.py")), "--port", str(port)]
         with process(app + ["--body", str(answer)], f"{bare}/api/v1/healthz"):
             for name, (path, script) in cached_requests(position, image).items():
                 b = run_wrk(bare + path, args.seconds, args.connections, script=script)
-                g = run_wrk(url + path, args.seconds, args.connections, script=script)
-                rows[name] = {
-                    "bare": b.row(),
-                    "galmet": g.row(),
-                    "throughput_ratio": round(g.requests_per_s / b.requests_per_s, 3),
-                    "p99_ratio": round(g.p99_ms / b.p99_ms, 3),
-                }
+                rows[name] = compared(
+                    b, run_wrk(url + path, args.seconds, args.connections, script=script)
+                )
+                if name == "GET /predict":
+                    g = run_wrk(db_url + path, args.seconds, args.connections)
+                    rows["GET, database only"] = compared(b, g)
     print(
         f"\ncached answers vs the bare stack (wrk, {args.connections} connections, "
         f"{args.seconds:g} s each)"
@@ -196,6 +202,16 @@ def cached_part(model: Path, sky_url: str, position, image: bytes, args) -> dict
             f"{b['errors'] + g['errors']:7d}"
         )
     return rows
+
+
+def compared(bare, galmet) -> dict:
+    """A row of the cached table: both runs and galmet's ratios to the bare stack."""
+    return {
+        "bare": bare.row(),
+        "galmet": galmet.row(),
+        "throughput_ratio": round(galmet.requests_per_s / bare.requests_per_s, 3),
+        "p99_ratio": round(galmet.p99_ms / bare.p99_ms, 3),
+    }
 
 
 def workers_part(model: Path, sky_url: str, position, image: bytes, args) -> dict:
