@@ -12,7 +12,8 @@ measures:
    upload (multipart, found by SHA-256), wrk loads the bare app's same route, then galmet's,
    for --seconds at --connections (requests/s, p50, p99, and galmet's ratio to bare); and
    cached GETs from a service keeping no answers in memory (the database path);
-2. ``workers``: cached GET /predict with ``galmet serve --workers N``, N = 1 and 2;
+2. ``workers``: cached GET /predict with ``galmet serve --workers N``, N = 1 and 2, over
+   kept-alive connections and with a new connection per request;
 3. ``uploads`` (httpx clients): uncached predictions by coordinates per second, image uploads
    per second with TTA 1 and 8 at 32 clients, and the gain of micro-batching (batch size 1).
 
@@ -215,19 +216,28 @@ def compared(bare, galmet) -> dict:
 
 
 def workers_part(model: Path, sky_url: str, position, image: bytes, args) -> dict:
-    """Cached GET /predict with one and with two server processes."""
+    """Cached GET /predict with one and with two server processes: over wrk's kept-alive
+    connections, and with a new connection per request. The processes share one listening
+    socket and the kernel hands each new connection to whichever is waiting in accept, so a
+    few long-lived connections can split unevenly (measured: 45 of 50 to one process); new
+    connections spread."""
     rows: dict = {}
     path = cached_requests(position, image)["GET /predict"][0]
+    close = 'wrk.headers["Connection"] = "close"\n'
     for n in (1, 2):
         with galmet_service(model, sky_url, workers=n, tta="1") as url:
             for _ in range(2 * n):  # every process: its cache warm, its engine started
                 warm_cache(url, position, image)
-            rows[n] = run_wrk(url + path, args.seconds, args.connections).row()
+            rows[f"{n} keep-alive"] = run_wrk(url + path, args.seconds, args.connections).row()
+            rows[f"{n} new connections"] = run_wrk(
+                url + path, args.seconds, args.connections, script=close
+            ).row()
     print(f"\ncached GET /predict by server processes (wrk, {args.connections} connections)")
-    for n, r in rows.items():
+    for key, r in rows.items():
+        n, how = key.split(" ", 1)
         print(
-            f"galmet serve --workers {n}   {r['req_per_s']:8.0f} req/s  p50 {r['p50_ms']:.1f} ms"
-            f"  p99 {r['p99_ms']:.1f} ms  errors {r['errors']}"
+            f"galmet serve --workers {n}, {how:16} {r['req_per_s']:8.0f} req/s  "
+            f"p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  errors {r['errors']}"
         )
     return rows
 
