@@ -72,7 +72,7 @@ class Predictions:
     # ------------------------------------------------------------------ hot answers
     def hot_coordinates(self, ra: float, dec: float) -> bytes | None:
         """The encoded cached answer for exactly (ra, dec) when it is kept in memory."""
-        return self.hot.get(("sky", ra, dec, self.model.version, self.model.tta))
+        return self.hot.get(sky_answer_key(ra, dec, self.model.version, self.model.tta))
 
     def hot_upload(self, data: bytes) -> bytes | None:
         """The encoded cached answer for this uploaded file when it is kept in memory."""
@@ -113,7 +113,7 @@ class Predictions:
         check_something_there(row.flags, located)
         answer = self.output(row, cached=True, located=located)
         if located.status != "unknown":  # a failed object look-up is asked again next time
-            self.hot.put(("sky", ra, dec, m.version, m.tta), encode(answer))
+            self.hot.put(sky_answer_key(ra, dec, m.version, m.tta), encode(answer))
         return answer
 
     def _cached_answer(self, session, ra: float, dec: float):
@@ -238,6 +238,12 @@ class Predictions:
             object_error=None if located is None else located.reason,
             image_sha256=row.image_sha256,
         )
+
+
+def sky_answer_key(ra: float, dec: float, model_version: str, tta: int) -> tuple:
+    """The hot-answer key of a position asked: exact, as the answer echoes it. By ``repr``,
+    because 0.0 == -0.0 (one key) while the answers echo "0.0" and "-0.0"."""
+    return ("sky", repr(ra), repr(dec), model_version, tta)
 
 
 def encode(answer: PredictionOut) -> bytes:

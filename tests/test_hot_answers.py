@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from galmet.app.hot import HotAnswers
+from galmet.app.predictions import sky_answer_key
 from tests.helpers import galaxy, service
 
 API = "/api/v1"
@@ -85,3 +86,11 @@ def test_hot_answers_are_bounded_least_recently_used_first():
     off = HotAnswers(0)
     off.put("a", b"1")
     assert off.get("a") is None and len(off) == 0
+
+
+def test_hot_answer_keys_tell_what_the_answer_echoes_apart():
+    key = sky_answer_key(150.0, 0.0, "v1", 2)
+    assert sky_answer_key(150.0, 0.0, "v1", 2) == key
+    assert sky_answer_key(150.0, -0.0, "v1", 2) != key  # echoed as "-0.0"
+    assert sky_answer_key(150.0, 0.0, "v2", 2) != key  # another model
+    assert sky_answer_key(150.0, 0.0, "v1", 4) != key  # another TTA level
