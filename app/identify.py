@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from sqlalchemy.orm import Session
+
 from galmet.app import cache
 from galmet.app.core.config import Settings
 from galmet.app.db import Database
@@ -51,6 +53,14 @@ class Identifier:
         self.radius = settings.match_radius_arcsec
         self.db = db
         self.skyserver = skyserver
+
+    def known(self, session: Session, ra: float, dec: float) -> Located | None:
+        """(ra, dec) located from the cache alone, in the caller's session (the caller's
+        thread); None when SkyServer has not been asked about it yet."""
+        if not self.enabled:
+            return Located(ra, dec, "off")
+        (known,) = cache.find_identifications(session, [(ra, dec)], self.radius)
+        return None if known is False else _located(ra, dec, known)
 
     async def locate(self, positions: Sequence[tuple[float, float]]) -> list[Located]:
         """One ``Located`` per position, in order."""

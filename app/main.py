@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -18,8 +17,8 @@ from galmet.app.api.routes import info, jobs, metrics, predict, scs, web
 from galmet.app.core.config import Settings, get_settings
 from galmet.app.docs_pages import add_docs_pages
 from galmet.app.errors import ApiError
-from galmet.app.metrics import REQUEST_SECONDS
 from galmet.app.runtime import Runtime
+from galmet.app.timing import TimingMiddleware
 from galmet.engine import EngineBusy
 
 log = logging.getLogger("galmet.api")
@@ -64,14 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
 
-    @app.middleware("http")
-    async def timed(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        REQUEST_SECONDS.labels(
-            request.method, _route_template(request), str(response.status_code)
-        ).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(TimingMiddleware)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -103,18 +95,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"detail": "internal error (logged)", "flags": []}, 500)
 
     return app
-
-
-def _route_template(request: Request) -> str:
-    """The matched route as a template (``/api/v1/jobs/{job_id}``), so that metrics have one
-    series per route, not one per job id; ``unmatched`` for a 404 without a route."""
-    route = request.scope.get("route")
-    path_format = getattr(route, "path_format", None)
-    if path_format is None:
-        return "unmatched"
-    path = request.scope["path"]
-    try:  # a router's routes keep their own paths: put the prefix back in front
-        tail = path_format.format(**request.scope.get("path_params", {}))
-    except (KeyError, IndexError, ValueError):
-        return path_format
-    return path[: len(path) - len(tail)] + path_format if path.endswith(tail) else path_format

@@ -20,6 +20,7 @@ SkyServer client, a cached one here, an upload by the check.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +30,7 @@ from galmet.app import cache
 from galmet.app.core.config import Settings
 from galmet.app.db import Database
 from galmet.app.errors import ApiError, blank_cutout_error, no_galaxy_error, skyserver_error
+from galmet.app.hot import HotAnswers
 from galmet.app.identify import Identifier, Located
 from galmet.app.model_info import LoadedModel
 from galmet.app.schemas import ObjectOut, PredictionOut
@@ -37,6 +39,9 @@ from galmet.errors import GalmetError
 from galmet.images import BadImage, centre_has_source, check_upload, decode_image
 from galmet.record import public_fields
 from galmet.skyserver import SkyServerClient, SkyServerError
+
+# Uploads up to this size are hashed on the event loop (about 0.1 ms); larger ones in a thread.
+INLINE_HASH_BYTES = 256 * 1024
 
 
 @dataclass
@@ -59,6 +64,22 @@ class Predictions:
     skyserver: SkyServerClient
     identifier: Identifier
     _inflight: dict[tuple, asyncio.Task] = field(default_factory=dict)
+    hot: HotAnswers = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.hot = HotAnswers(self.settings.hot_answers)
+
+    # ------------------------------------------------------------------ hot answers
+    def hot_coordinates(self, ra: float, dec: float) -> bytes | None:
+        """The encoded cached answer for exactly (ra, dec) when it is kept in memory."""
+        return self.hot.get(sky_answer_key(ra, dec, self.model.version, self.model.tta))
+
+    def hot_upload(self, data: bytes) -> bytes | None:
+        """The encoded cached answer for this uploaded file when it is kept in memory."""
+        if len(data) > INLINE_HASH_BYTES:
+            return None  # hashed in a thread by predict_upload, not on the event loop
+        sha256 = hashlib.sha256(data).hexdigest()
+        return self.hot.get(("img", sha256, self.model.version, self.model.tta))
 
     # ------------------------------------------------------------------ by position
     async def predict_coordinates(self, ra: float, dec: float) -> PredictionOut:
@@ -75,9 +96,11 @@ class Predictions:
 
     async def _predict_coordinates(self, ra: float, dec: float) -> PredictionOut:
         m = self.model
-        (located,) = await self.identifier.locate([(ra, dec)])
+        located, row = await self.db.run(self._cached_answer, ra, dec)
+        if located is None:  # never identified: ask SkyServer, then look again
+            (located,) = await self.identifier.locate([(ra, dec)])
+            row = await self.db.run(cache.find_sky, *located.centre, m.version, m.tta)
         cra, cdec = located.centre
-        row = await self.db.run(cache.find_sky, cra, cdec, m.version, m.tta)
         if row is None:
             cutout = await self.cutout(cra, cdec, *self.geometry(located))
             if cutout.blank:
@@ -88,7 +111,19 @@ class Predictions:
             row = await self._predict_and_store(pixels, flags, ra=cra, dec=cdec)
             return self.output(row, cached=False, located=located)
         check_something_there(row.flags, located)
-        return self.output(row, cached=True, located=located)
+        answer = self.output(row, cached=True, located=located)
+        if located.status != "unknown":  # a failed object look-up is asked again next time
+            self.hot.put(sky_answer_key(ra, dec, m.version, m.tta), encode(answer))
+        return answer
+
+    def _cached_answer(self, session, ra: float, dec: float):
+        """(located, cached prediction row) from the database in one session, so a cached
+        answer costs one thread hop; (None, None) when the position was never identified."""
+        located = self.identifier.known(session, ra, dec)
+        if located is None:
+            return None, None
+        m = self.model
+        return located, cache.find_sky(session, *located.centre, m.version, m.tta)
 
     def geometry(self, located: Located, given_r90: float | None = None) -> tuple[int, float]:
         """(pixels, arcsec/px) of the model's cutout of the object located; a petro model
@@ -142,15 +177,22 @@ class Predictions:
 
     # ------------------------------------------------------------------ uploads
     async def predict_upload(self, data: bytes) -> PredictionOut:
-        """Check and decode an upload once, then cached by SHA-256 or predicted."""
+        """Cached by SHA-256, else checked and decoded once and predicted."""
         m = self.model
+        if len(data) > INLINE_HASH_BYTES:
+            sha256 = await to_thread.run_sync(lambda: hashlib.sha256(data).hexdigest())
+        else:
+            sha256 = hashlib.sha256(data).hexdigest()
+        # A cached row means these very bytes passed the upload check before: not decoded again.
+        row = await self.db.run(cache.find_image, sha256, m.version, m.tta)
+        if row is not None:
+            answer = self.output(row, cached=True)
+            self.hot.put(("img", sha256, m.version, m.tta), encode(answer))
+            return answer
         try:
             image = await to_thread.run_sync(check_upload, data, m.input_size, m.trained_size)
         except BadImage as exc:
             raise ApiError(exc.status, str(exc)) from None
-        row = await self.db.run(cache.find_image, image.sha256, m.version, m.tta)
-        if row is not None:
-            return self.output(row, cached=True)
         if image.blank:
             raise ApiError(422, "the image is blank (near-black): nothing to measure", ["blank"])
         flags = list(image.flags)
@@ -198,6 +240,17 @@ class Predictions:
             object_error=None if located is None else located.reason,
             image_sha256=row.image_sha256,
         )
+
+
+def sky_answer_key(ra: float, dec: float, model_version: str, tta: int) -> tuple:
+    """The hot-answer key of a position asked: exact, as the answer echoes it. By ``repr``,
+    because 0.0 == -0.0 (one key) while the answers echo "0.0" and "-0.0"."""
+    return ("sky", repr(ra), repr(dec), model_version, tta)
+
+
+def encode(answer: PredictionOut) -> bytes:
+    """The JSON FastAPI sends for ``answer`` as the route's response model."""
+    return answer.model_dump_json(by_alias=True).encode()
 
 
 def check_something_there(flags: list[str], located: Located) -> None:

@@ -1,4 +1,8 @@
-"""Shared dependencies of the routes: the parts of the process's ``Runtime``."""
+"""Shared dependencies of the routes: the parts of the process's ``Runtime``.
+
+Async on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop
+per request for an attribute look-up.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from galmet.app.predictions import Predictions
 from galmet.app.runtime import Runtime
 
 
-def get_runtime(request: Request) -> Runtime:
+def runtime_of(request: Request) -> Runtime:
     """The process's ``Runtime``, started in the app's lifespan."""
     runtime = getattr(request.app.state, "runtime", None)
     if runtime is None:
@@ -22,23 +26,27 @@ def get_runtime(request: Request) -> Runtime:
     return runtime
 
 
-def get_predictions(request: Request) -> Predictions:
-    return get_runtime(request).predictions
+async def get_runtime(request: Request) -> Runtime:
+    return runtime_of(request)
 
 
-def get_jobs(request: Request) -> JobService:
-    jobs = get_runtime(request).jobs
+async def get_predictions(request: Request) -> Predictions:
+    return runtime_of(request).predictions
+
+
+async def get_jobs(request: Request) -> JobService:
+    jobs = runtime_of(request).jobs
     if jobs is None:
         raise ApiError(503, "batch jobs are not running in this process")
     return jobs
 
 
-def get_model(request: Request) -> LoadedModel:
-    return get_runtime(request).model
+async def get_model(request: Request) -> LoadedModel:
+    return runtime_of(request).model
 
 
-def get_settings(request: Request) -> Settings:
-    return get_runtime(request).settings
+async def get_settings(request: Request) -> Settings:
+    return runtime_of(request).settings
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

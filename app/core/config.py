@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     # Overload: beyond this many images waiting for the model, a new single prediction is a
     # 503 with Retry-After (cached answers and batch jobs go on).
     max_queue: int = Field(default=1000, ge=0)
+    # The most recent cached answers each process keeps encoded in memory (galmet.app.hot),
+    # about 1.5 kB each; 0: none.
+    hot_answers: int = Field(default=4096, ge=0)
     # The demo model, built when no model is configured (tests shrink it).
     cache_dir: Path = Field(default_factory=lambda: Path(user_cache_dir("galmet")))
     # Measured: 3000 galaxies, 32 px, 6 epochs build in ~80 s on 2 cores and reach a test

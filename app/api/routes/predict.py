@@ -66,20 +66,34 @@ def _position(ra: float | str, dec: float | str) -> tuple[float, float]:
     return position
 
 
+def _json(body: bytes) -> Response:
+    """A cached answer kept encoded (galmet.app.hot): sent as it is, not validated and encoded
+    through the response model again."""
+    return Response(body, media_type="application/json")
+
+
 @router.get("/predict", response_model=PredictionOut, responses=BY_POSITION)
 async def predict_get(
     predictions: PredictionsDep,
     ra: Annotated[str, WithJsonSchema(RA_STRING), RA_QUERY],
     dec: Annotated[str, WithJsonSchema(DEC_STRING), DEC_QUERY],
-) -> PredictionOut:
+) -> PredictionOut | Response:
     """Predict the galaxy at (ra, dec): the SDSS cutout there is fetched (or cached)."""
-    return await predictions.predict_coordinates(*_position(ra, dec))
+    position = _position(ra, dec)
+    if (hot := predictions.hot_coordinates(*position)) is not None:
+        return _json(hot)
+    return await predictions.predict_coordinates(*position)
 
 
 @router.post("/predict", response_model=PredictionOut, responses=BODY)
-async def predict_post(predictions: PredictionsDep, body: CoordinatesIn) -> PredictionOut:
+async def predict_post(
+    predictions: PredictionsDep, body: CoordinatesIn
+) -> PredictionOut | Response:
     """The same as GET, with a JSON body ``{"ra": …, "dec": …}``."""
-    return await predictions.predict_coordinates(*_position(body.ra, body.dec))
+    position = _position(body.ra, body.dec)
+    if (hot := predictions.hot_coordinates(*position)) is not None:
+        return _json(hot)
+    return await predictions.predict_coordinates(*position)
 
 
 @router.post("/predict/image", response_model=PredictionOut, responses=UPLOAD)
@@ -93,13 +107,15 @@ async def predict_image(
             json_schema_extra={"minLength": 1},
         ),
     ],
-) -> PredictionOut:
+) -> PredictionOut | Response:
     """Predict from an uploaded cutout. Grayscale/RGBA are converted and flagged; other
     sizes are resized to the model's input and flagged."""
     try:
         data = await read_capped(file, settings.max_upload_bytes)
     except BadImage as exc:
         raise ApiError(exc.status, str(exc)) from None
+    if (hot := predictions.hot_upload(data)) is not None:
+        return _json(hot)
     return await predictions.predict_upload(data)
 
 

@@ -15,7 +15,7 @@ from anyio import to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from galmet.app.api.deps import get_runtime
+from galmet.app.api.deps import runtime_of
 from galmet.app.cone import Cone, cone_search
 from galmet.app.errors import ApiError
 from galmet.app.scs import CONTENT_TYPE, cone_votable, error_votable
@@ -75,7 +75,7 @@ async def cone_search_route(request: Request) -> Response:
     predicted metallicity (from the cache, or computed), as a VOTable for TOPCAT, STILTS and
     pyvo. The caps on SR and on rows are in every answer's metadata."""
     try:
-        runtime = get_runtime(request)
+        runtime = runtime_of(request)
         settings, model = runtime.settings, runtime.model
         query = _Query.parse(request, settings.scs_max_sr)
         cap = settings.scs_max_rows
