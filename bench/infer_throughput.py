@@ -4,9 +4,10 @@
 
 Renders a few mock-sky cutouts (128 px at 0.296″/px, as the service fetches them), repeats
 them to N JPEGs, and times three ways of predicting them at each TTA level (1, 2, 4, 8 by
-default), on the predictor as it is (``after``) and as it was before the CPU fixes (``before``:
-float32, NCHW, a whole batch of images × TTA copies in one forward pass; ``--no-before``
-skips it):
+default), on the predictor as it was before the CPU fixes (``before``: float32, NCHW, a whole
+batch of images × TTA copies in one forward pass; ``--no-before`` skips it) and as it is: on
+the CPU in float32 (``fp32``: a model without a passed bf16 check) and, on a CPU with native
+bf16, in bf16 (``bf16``: a model whose check passed); on CUDA as it is (``after``):
 
 - ``naive``: the loop a first version would write: decode one, predict one;
 - ``batched``: one ``Predictor.predict_bytes`` call per ``--batch-size`` JPEGs, which
@@ -38,7 +39,7 @@ from galmet.device import pick_device
 from galmet.engine import InferenceEngine
 from galmet.images import decode_image
 from galmet.model import Checkpoint, GalmetNet
-from galmet.predictor import CPU_VIEWS_PER_PASS, Predictor
+from galmet.predictor import CPU_VIEWS_PER_PASS, Predictor, native_bf16
 from galmet.training.mocksky import MockSky
 
 
@@ -160,9 +161,15 @@ def main() -> None:
 
     device = pick_device(args.device)
     ck = Checkpoint.load(args.model) if args.model else random_checkpoint(args.size)
-    paths = {"after": Predictor(ck, device)}
-    if not args.no_before:
-        paths = {"before": BeforePredictor(ck, device), **paths}
+    paths = {} if args.no_before else {"before": BeforePredictor(ck, device)}
+    if device.type == "cuda":
+        paths["after"] = Predictor(ck, device)
+    else:
+        # float32: what a model gets whose bf16 check failed or is missing (the random
+        # model); bf16: a model whose check passed, on a CPU with native bf16.
+        paths["fp32"] = Predictor(ck, device, bf16=False)
+        if native_bf16(device):
+            paths["bf16"] = Predictor(ck, device, bf16=True)
     levels = [int(t) for t in args.tta.split(",")]
     jpegs = mock_jpegs(args.n)
     results: dict[str, list[dict]] = {}
@@ -196,7 +203,7 @@ def main() -> None:
             one, bat, eng = (r["images_per_s"] for r in rows[i * len(MODES) : (i + 1) * len(MODES)])
             line += f" | {'':7s}{one:7.1f} {bat:8.1f} {eng:7.1f} {bat / one:6.2f}"
         print(line)
-    predictor = paths["after"]
+    predictor = list(paths.values())[-1]
     info = {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -206,9 +213,9 @@ def main() -> None:
         "batch_size": args.batch_size,
         "model": args.model or "random",
         "after": {
-            "bf16": predictor.bf16,
-            "channels_last": True,
-            "cpu_views_per_pass": CPU_VIEWS_PER_PASS,
+            name: {"bf16": p.bf16, "channels_last": True, "cpu_views_per_pass": CPU_VIEWS_PER_PASS}
+            for name, p in paths.items()
+            if name != "before"
         },
         "before": "float32, NCHW, one forward pass per batch on the CPU",
         "batched_decode": "nvJPEG on the GPU" if device.type == "cuda" else "Pillow on the CPU",

@@ -43,6 +43,14 @@ TTA_CPU = 4
 #: 512-view pass, and slower than one image at a time (8 views); 64 views per pass keeps the
 #: fast middle at every TTA level (bench/infer_throughput.py prints both paths).
 CPU_VIEWS_PER_PASS = 64
+#: How far bf16 may move a prediction from float32 (dex, issue 13): far below the model's
+#: own error (0.08 dex). Measured with a ResNet-34 at 64 px trained on 6,000 mock galaxies
+#: (bench/accuracy.py): see the README. Small, barely trained models move more (0.02 dex
+#: for one trained 8 epochs on 111 galaxies), so the check is per model, at training's end.
+BF16_TOLERANCE_DEX = 0.005
+#: The validation deviation under which a CPU predicts in bf16: half the tolerance, a margin
+#: for the galaxies the check never saw.
+BF16_SAFE_DEX = BF16_TOLERANCE_DEX / 2
 #: TTA copies on a GPU when none is configured: all eight, as in the paper (≈6 ms/image on
 #: a P100).
 TTA_GPU = 8
@@ -143,11 +151,10 @@ class Predictor:
     def __init__(
         self, checkpoint: Checkpoint, device: str | torch.device = "cpu", bf16: bool | None = None
     ) -> None:
-        """``bf16``: autocast the forward pass to bfloat16; None (default) where the device
-        runs it natively (``native_bf16``)."""
+        """``bf16``: autocast the forward pass to bfloat16; None: ``default_bf16``."""
         self.checkpoint = checkpoint
         self.device = torch.device(device)
-        self.bf16 = native_bf16(self.device) if bf16 is None else bf16
+        self.bf16 = default_bf16(checkpoint, self.device) if bf16 is None else bf16
         # NHWC on the CPU too: oneDNN's convolutions run faster on it, 1.6x under bf16.
         self.memory_format = torch.channels_last
         self.nets = [n.to(memory_format=self.memory_format) for n in checkpoint.models(self.device)]
@@ -285,6 +292,27 @@ class Predictor:
         if self.device.type == "cuda":
             return batch_size
         return max(1, min(batch_size, CPU_VIEWS_PER_PASS // tta))
+
+
+def default_bf16(checkpoint: Checkpoint, device: str | torch.device) -> bool:
+    """Whether a predictor runs the forward pass in bfloat16 unless told: on CUDA, yes; on a
+    CPU, where it runs bf16 natively (``native_bf16``) and training measured the model's
+    bf16 deviation (``Checkpoint.bf16_check``) at most ``BF16_SAFE_DEX``. A model whose
+    predictions bf16 moves more, or one trained before the check existed, stays float32.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return True
+    deviation = (checkpoint.bf16_check or {}).get("max_dex")
+    return native_bf16(device) and deviation is not None and deviation <= BF16_SAFE_DEX
+
+
+def bf16_deviation(checkpoint: Checkpoint, images: torch.Tensor, device="cpu") -> float:
+    """The largest |bfloat16 − float32| of any output (physical units) on uint8 ``images``
+    at TTA 1 (the copies of TTA only average the differences down)."""
+    exact = Predictor(checkpoint, device, bf16=False).predict_images(images, 1)
+    fast = Predictor(checkpoint, device, bf16=True).predict_images(images, 1)
+    return float(np.abs(fast.mean - exact.mean).max())
 
 
 def native_bf16(device: str | torch.device) -> bool:
