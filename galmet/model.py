@@ -162,6 +162,11 @@ class Checkpoint:
     ``threshold``, per TTA level the 99th percentile of the validation split's scores
     (``galmet.predictor.ood_scores``), above which a prediction is flagged
     ``out_of_distribution``; ``quantile`` (0.99) and ``n_train``/``n_valid`` say how.
+
+    ``bf16_check`` (empty when not measured) is ``{"max_dex", "n", "split"}``: the largest
+    |bfloat16 − float32| of any output, in physical units, over the validation images at
+    TTA 1, measured at the end of training; a CPU predicts in bf16 only when it is small
+    (``galmet.predictor.default_bf16``).
     """
 
     outputs: list[str]
@@ -180,6 +185,7 @@ class Checkpoint:
     metrics: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     ood: dict = field(default_factory=dict)
+    bf16_check: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"format": CHECKPOINT_FORMAT} | self.__dict__

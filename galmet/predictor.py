@@ -36,6 +36,22 @@ from galmet.skyserver import DEFAULT_SCALE, DEFAULT_SIZE, MAX_SIZE, MIN_SIZE
 #: 10 cutouts/s the service fetches from SkyServer. A full-size model on a CPU does ~8
 #: images/s per core at TTA 4: set GALMET_TTA=1 or 2 there if throughput matters more.
 TTA_CPU = 4
+#: Views (images × TTA copies) in one forward pass on the CPU. One huge pass is slower than
+#: several small ones: a ResNet-34 at 128 px on this project's 2-core CPU (AMX, bf16,
+#: channels_last) runs 250 / 350 / 375 / 290 views/s at 8 / 32 / 128 / 512 views per pass
+#: (float32 NCHW: 110 / 115 / 95 / 75), the large passes' activations spilling out of the
+#: caches and into fresh pages (20 M page faults). A batch of 64 images at TTA 8 was one
+#: 512-view pass, and slower than one image at a time (8 views); 64 views per pass keeps the
+#: fast middle at every TTA level (bench/infer_throughput.py prints both paths).
+CPU_VIEWS_PER_PASS = 64
+#: How far bf16 may move a prediction from float32 (dex, issue 13): far below the model's
+#: own error (0.08 dex). Measured with a ResNet-34 at 64 px trained on 6,000 mock galaxies
+#: (bench/accuracy.py): see the README. Small, barely trained models move more (0.02 dex
+#: for one trained 8 epochs on 111 galaxies), so the check is per model, at training's end.
+BF16_TOLERANCE_DEX = 0.005
+#: The validation deviation under which a CPU predicts in bf16: half the tolerance, a margin
+#: for the galaxies the check never saw.
+BF16_SAFE_DEX = BF16_TOLERANCE_DEX / 2
 #: TTA copies on a GPU when none is configured: all eight, as in the paper (≈6 ms/image on
 #: a P100).
 TTA_GPU = 8
@@ -141,12 +157,16 @@ class Predictor:
     would, and neither part's tail moves the other's threshold.
     """
 
-    def __init__(self, checkpoint: Checkpoint, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, checkpoint: Checkpoint, device: str | torch.device = "cpu", bf16: bool | None = None
+    ) -> None:
+        """``bf16``: autocast the forward pass to bfloat16; None: ``default_bf16``."""
         self.checkpoint = checkpoint
         self.device = torch.device(device)
-        self.nets = checkpoint.models(self.device)
-        if self.device.type == "cuda":
-            self.nets = [n.to(memory_format=torch.channels_last) for n in self.nets]
+        self.bf16 = default_bf16(checkpoint, self.device) if bf16 is None else bf16
+        # NHWC on the CPU too: oneDNN's convolutions run faster on it, 1.6x under bf16.
+        self.memory_format = torch.channels_last
+        self.nets = [n.to(memory_format=self.memory_format) for n in checkpoint.models(self.device)]
         self._mean = np.asarray(checkpoint.target_mean)
         self._std = np.asarray(checkpoint.target_std)
         members = (checkpoint.ood or {}).get("members") or []
@@ -179,15 +199,14 @@ class Predictor:
         """Predictions for a uint8 batch (N, 3, H, W) or (N, H, W, 3)."""
         ck = self.checkpoint
         means, sigmas, spreads, scores, pixel_scores = [], [], [], [], []
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size].to(self.device, non_blocking=True)
+        step = self._images_per_pass(tta, batch_size)
+        for start in range(0, len(images), step):
+            chunk = images[start : start + step].to(self.device, non_blocking=True)
             x = normalise(chunk, ck.bands, ck.input_mean, ck.input_std)
-            views = tta_views(x, tta)
-            if self.device.type == "cuda":
-                views = views.contiguous(memory_format=torch.channels_last)
+            views = tta_views(x, tta).contiguous(memory_format=self.memory_format)
             mu_all, var_all, score_all = [], [], []
             for k, net in enumerate(self.nets):
-                with torch.autocast(self.device.type, torch.bfloat16, enabled=self._bf16()):
+                with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
                     mu, log_sigma, pooled = net.forward_features(views)
                 mu_all.append(mu.float().view(tta, len(chunk), -1))
                 var_all.append(torch.exp(2 * log_sigma.float()).view(tta, len(chunk), -1))
@@ -233,13 +252,13 @@ class Predictor:
         for a uint8 batch, without augmentation: what the OOD statistics are fitted on."""
         ck = self.checkpoint
         out: list[list[np.ndarray]] = [[] for _ in self.nets]
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size].to(self.device, non_blocking=True)
+        step = self._images_per_pass(1, batch_size)
+        for start in range(0, len(images), step):
+            chunk = images[start : start + step].to(self.device, non_blocking=True)
             x = normalise(chunk, ck.bands, ck.input_mean, ck.input_std)
-            if self.device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=self.memory_format)
             for k, net in enumerate(self.nets):
-                with torch.autocast(self.device.type, torch.bfloat16, enabled=self._bf16()):
+                with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
                     _, _, pooled = net.forward_features(x)
                 out[k].append(pooled.float().cpu().numpy())
         return [np.concatenate(parts) for parts in out]
@@ -302,8 +321,46 @@ class Predictor:
             return 1.0
         return scales[min(scales, key=lambda level: abs(level - tta))]
 
-    def _bf16(self) -> bool:
-        return self.device.type == "cuda"
+    def _images_per_pass(self, tta: int, batch_size: int) -> int:
+        """Images per forward pass: ``batch_size`` on a GPU; on the CPU no more than
+        ``CPU_VIEWS_PER_PASS`` views (images × TTA copies), whatever the batch."""
+        if self.device.type == "cuda":
+            return batch_size
+        return max(1, min(batch_size, CPU_VIEWS_PER_PASS // tta))
+
+
+def default_bf16(checkpoint: Checkpoint, device: str | torch.device) -> bool:
+    """Whether a predictor runs the forward pass in bfloat16 unless told: on CUDA, yes; on a
+    CPU, where it runs bf16 natively (``native_bf16``) and training measured the model's
+    bf16 deviation (``Checkpoint.bf16_check``) at most ``BF16_SAFE_DEX``. A model whose
+    predictions bf16 moves more, or one trained before the check existed, stays float32.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return True
+    deviation = (checkpoint.bf16_check or {}).get("max_dex")
+    return native_bf16(device) and deviation is not None and deviation <= BF16_SAFE_DEX
+
+
+def bf16_deviation(checkpoint: Checkpoint, images: torch.Tensor, device="cpu") -> float:
+    """The largest |bfloat16 − float32| of any output (physical units) on uint8 ``images``
+    at TTA 1 (the copies of TTA only average the differences down)."""
+    exact = Predictor(checkpoint, device, bf16=False).predict_images(images, 1)
+    fast = Predictor(checkpoint, device, bf16=True).predict_images(images, 1)
+    return float(np.abs(fast.mean - exact.mean).max())
+
+
+def native_bf16(device: str | torch.device) -> bool:
+    """Whether ``device`` runs bfloat16 natively: a CUDA GPU, or a CPU with AVX512-BF16 or
+    AMX. Elsewhere a CPU emulates bf16, slower than float32, so the predictor keeps float32."""
+    if torch.device(device).type == "cuda":
+        return True
+    cpu = torch.cpu
+    return any(getattr(cpu, name, lambda: False)() for name in _CPU_BF16_PROBES)
+
+
+#: torch.cpu's probes for the instructions that make bf16 fast on a CPU.
+_CPU_BF16_PROBES = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
 
 
 def check_images(images: list[np.ndarray], size: int) -> None:

@@ -34,7 +34,7 @@ from galmet.device import pick_device
 from galmet.errors import GalmetError
 from galmet.files import atomic_path
 from galmet.model import Checkpoint
-from galmet.predictor import Predictor
+from galmet.predictor import Predictor, bf16_deviation, native_bf16
 from galmet.scale_mode import SCALE_MODES, check_scale_mode
 from galmet.training import distributed
 from galmet.training.calibration import calibrate_sigma, test_metrics
@@ -191,17 +191,34 @@ def _train(cfg: TrainConfig, dist: DistInfo, device: torch.device) -> Checkpoint
     ck = make_checkpoint(states, history)
     if not dist.is_main:
         return ck
+    valid_rows = np.concatenate([v for _, v in folds])
+    # First whether bf16 leaves this model's predictions alone (galmet.predictor decides
+    # by it on a CPU), so that what follows runs at the precision the service will use.
+    ck.bf16_check = bf16_check(ck, data, valid_rows, device)
     # The statistics of the head's input on the training images, then a predictor that
     # scores with them, so that calibration sets the OOD threshold beside sigma's scale.
     fit_ood(Predictor(ck, device), data, [t for t, _ in folds])
     predictor = Predictor(ck, device)
-    valid_rows = np.concatenate([v for _, v in folds])
     ck.sigma_scale = calibrate_sigma(predictor, data, valid_rows)
     ck.metrics = test_metrics(predictor, data, split["test"], cfg.tta)
     ck.metrics["train_seconds"] = time.perf_counter() - started
     ck.save(out)
     plot_history(out, history)
     return ck
+
+
+#: Validation images the bf16 check looks at, at most (it is two passes at TTA 1).
+BF16_CHECK_ROWS = 2000
+
+
+def bf16_check(ck: Checkpoint, data: GalaxyData, rows: np.ndarray, device) -> dict:
+    """``Checkpoint.bf16_check`` on (up to ``BF16_CHECK_ROWS`` of) the validation ``rows``;
+    empty where the device has no native bf16 (emulated, it is slow and would not be used)."""
+    if not native_bf16(device) or len(rows) == 0:
+        return {}
+    rows = rows[:BF16_CHECK_ROWS]
+    images = data.images[torch.from_numpy(rows)]
+    return {"max_dex": bf16_deviation(ck, images, device), "n": int(len(rows)), "split": "valid"}
 
 
 def stored_image_size(data_dir: Path, data: GalaxyData) -> int:
