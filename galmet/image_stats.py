@@ -6,9 +6,9 @@ pixel scale from galaxies once the network has learnt enough, but a network that
 metallicity need not care about an image's colours at all, so a colour-swapped image can look
 ordinary to it. These statistics look at the pixels themselves (back in the JPEG's 0-1 scale,
 where SDSS's asinh colour stretch keeps each band's share of the flux): within circular
-apertures about the centre (1/16, 1/8 and 1/4 of the frame's side in radius), each band's
+apertures about the centre (1/32, 1/16, 1/8 and 1/4 of the frame's side in radius), each band's
 share of the light above the outskirts' level (the colour: two numbers per aperture), how
-much of the light within 1/4 is within 1/16 and 1/8 (the concentration: point sources and
+much of the light within 1/4 is within each smaller one (the concentration: point sources and
 too-small galaxies), the log of that light, and each band's mean and spread in the outskirts
 (the sky). Galaxies of the training set occupy a narrow region of that space, and the
 Mahalanobis distance from it (the same ``ood_scores``) is large for swapped colours, empty
@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 #: Aperture radii as fractions of the frame's side, and where the outskirts begin.
-APERTURES = (1 / 16, 1 / 8, 1 / 4)
+APERTURES = (1 / 32, 1 / 16, 1 / 8, 1 / 4)
 OUTSKIRTS = 0.4
 #: Light (mean 0-1 pixel value above the sky) below which a share or a ratio is not
 #: measured but bounded: an empty frame's shares are noise over noise.
@@ -42,7 +42,7 @@ def _ratio(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def image_statistics(
     x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
 ) -> torch.Tensor:
-    """(N, 15) statistics of normalised square 3-band inputs (N, 3, H, H), given the
+    """(N, 18) statistics of normalised square 3-band inputs (N, 3, H, H), given the
     ``mean`` and ``std`` they were normalised with (``galmet.preprocess.normalise``)."""
     n, c, h, w = x.shape
     if h != w or c != 3:
@@ -62,8 +62,8 @@ def image_statistics(
         total = per_band.sum(dim=1)
         parts.append(_ratio(per_band[:, [0, 2]], total[:, None]))  # R and B shares
     outer = light[-1].sum(dim=1)
-    parts.append(_ratio(light[0].sum(dim=1), outer)[:, None])
-    parts.append(_ratio(light[1].sum(dim=1), outer)[:, None])
+    for inner in light[:-1]:
+        parts.append(_ratio(inner.sum(dim=1), outer)[:, None])
     parts.append(outer.clamp_min(_FLOOR).log()[:, None])
     parts += [level, sky.std(dim=2)]
     return torch.cat(parts, dim=1)

@@ -75,7 +75,7 @@ def test_training_stores_the_statistics_and_a_validation_threshold(trained):
     ck = Checkpoint.load(out)
     (member,) = ck.ood["members"]
     assert member["mean"].shape == (1024,) and member["precision"].shape == (1024, 1024)
-    assert ck.ood["image"]["mean"].shape == (15,)  # colours, concentration, light, sky
+    assert ck.ood["image"]["mean"].shape == (18,)  # colours, concentration, light, sky
     assert set(ck.ood["threshold"]) == {1, 2, 4, 8}
     assert ck.ood["quantile"] == OOD_QUANTILE == 0.99
     assert ck.ood["n_train"] > ck.ood["n_valid"] > 0
