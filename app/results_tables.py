@@ -145,15 +145,21 @@ def _input_column(values: list[Any], name: str) -> Any:
     return MaskedColumn(data, name=name, mask=mask, description=description)
 
 
+def _unused(base: str, taken: set[str], stem: str | None = None) -> str:
+    """``base``, else ``stem_2``, ``stem_3`` … (``stem`` defaults to ``base``): the first
+    not in ``taken``, which it joins."""
+    stem = base if stem is None else stem
+    name, k = base, 1
+    while name in taken:
+        k += 1
+        name = f"{stem}_{k}"
+    taken.add(name)
+    return name
+
+
 def _free_id(base: str, taken: set[str]) -> str:
     """A valid XML ID from ``base`` that is not in ``taken`` (which it joins)."""
-    base = re.sub(r"[^A-Za-z0-9_]", "_", base)
-    ident, k = base, 1
-    while ident in taken:
-        k += 1
-        ident = f"{base}_{k}"
-    taken.add(ident)
-    return ident
+    return _unused(re.sub(r"[^A-Za-z0-9_]", "_", base), taken)
 
 
 def results_table(
@@ -256,14 +262,11 @@ _FITS_NAME_CHARS = 60
 def _fits_names(names: Sequence[str]) -> list[str]:
     """Column names FITS accepts: printable ASCII (anything else becomes ``_``), at most
     ``_FITS_NAME_CHARS`` long, and still unique (numbered like repeated input columns)."""
-    out: list[str] = []
+    taken: set[str] = set()
+    out = []
     for name in names:
         base = re.sub(r"[^ -~]", "_", name).replace("'", "_")[:_FITS_NAME_CHARS].rstrip() or "col"
-        unique, k = base, 1
-        while unique in out:
-            k += 1
-            unique = f"{base[: _FITS_NAME_CHARS - 4]}_{k}"
-        out.append(unique)
+        out.append(_unused(base, taken, base[: _FITS_NAME_CHARS - 4]))
     return out
 
 

@@ -98,8 +98,8 @@ def set_ood_thresholds(ood: dict, parts: dict[int, tuple[np.ndarray, np.ndarray 
     ood["threshold"] = {
         tta: float(np.quantile(features, OOD_QUANTILE)) for tta, (features, _) in parts.items()
     }
-    _, pixels = next(iter(parts.values()))
+    features, pixels = next(iter(parts.values()))
     if pixels is not None and ood.get("image") is not None:
         ood["image"]["threshold"] = float(np.quantile(pixels, OOD_QUANTILE))
-    ood["n_valid"] = int(len(pixels if pixels is not None else next(iter(parts.values()))[0]))
+    ood["n_valid"] = len(features)
     return ood

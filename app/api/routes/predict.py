@@ -72,6 +72,16 @@ def _json(body: bytes) -> Response:
     return Response(body, media_type="application/json")
 
 
+async def _by_position(
+    predictions: PredictionsDep, ra: float | str, dec: float | str
+) -> PredictionOut | Response:
+    """GET's and POST's answer: a hot one as it is, else the prediction (cached or not)."""
+    position = _position(ra, dec)
+    if (hot := predictions.hot_coordinates(*position)) is not None:
+        return _json(hot)
+    return await predictions.predict_coordinates(*position)
+
+
 @router.get("/predict", response_model=PredictionOut, responses=BY_POSITION)
 async def predict_get(
     predictions: PredictionsDep,
@@ -79,10 +89,7 @@ async def predict_get(
     dec: Annotated[str, WithJsonSchema(DEC_STRING), DEC_QUERY],
 ) -> PredictionOut | Response:
     """Predict the galaxy at (ra, dec): the SDSS cutout there is fetched (or cached)."""
-    position = _position(ra, dec)
-    if (hot := predictions.hot_coordinates(*position)) is not None:
-        return _json(hot)
-    return await predictions.predict_coordinates(*position)
+    return await _by_position(predictions, ra, dec)
 
 
 @router.post("/predict", response_model=PredictionOut, responses=BODY)
@@ -90,10 +97,7 @@ async def predict_post(
     predictions: PredictionsDep, body: CoordinatesIn
 ) -> PredictionOut | Response:
     """The same as GET, with a JSON body ``{"ra": …, "dec": …}``."""
-    position = _position(body.ra, body.dec)
-    if (hot := predictions.hot_coordinates(*position)) is not None:
-        return _json(hot)
-    return await predictions.predict_coordinates(*position)
+    return await _by_position(predictions, body.ra, body.dec)
 
 
 @router.post("/predict/image", response_model=PredictionOut, responses=UPLOAD)
